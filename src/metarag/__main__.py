@@ -1,0 +1,3 @@
+from metarag.cli import main
+
+main()

@@ -1,0 +1,1 @@
+"""Retrieval: dense encoder, FAISS index, BM25 and hybrid fusion."""
