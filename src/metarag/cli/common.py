@@ -1,0 +1,33 @@
+"""Options and helpers shared by several commands."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+DATA_HELP = ("Folder of task folders (e.g. ../shared/data), or one task folder. "
+             "Without it: the embedded synthetic suite.")
+TASK_HELP = "Only these tasks (folder or synthetic domain names); repeat the option."
+
+DataOption = typer.Option(None, "--data", help=DATA_HELP, file_okay=False)
+TaskOption = typer.Option(None, "--task", "-t", help=TASK_HELP)
+SeedOption = typer.Option(0, "--seed", help="Seed for splits and the synthetic suite.")
+EncoderOption = typer.Option(
+    None, "--encoder",
+    help="Local model folder (or hub name when online). Default: the bundled MiniLM.")
+
+
+def format_table(header: list[str], rows: list[list[object]]) -> str:
+    """Plain aligned columns for the terminal."""
+    cells = [header, *[[str(c) for c in row] for row in rows]]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in cells]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def load(data: Path | None, names: list[str] | None, seed: int):
+    from metarag.data.loaders import load_tasks
+
+    return load_tasks(data, names or None, seed=seed)
