@@ -33,10 +33,27 @@ def read_json(path: str | Path) -> Any:
     if not text.strip():
         raise DataError(path, None, "the file is empty")
     try:
-        return json.loads(text)
+        return json.loads(text, object_pairs_hook=_unique_keys)
     except json.JSONDecodeError as err:
         raise DataError(path, f"line {err.lineno}, column {err.colno}",
                         f"malformed JSON: {err.msg}") from None
+    except _DuplicateKey as dup:
+        # json silently keeps the last value of a repeated key; for sources keyed
+        # by id (PubMedQA's PMIDs) that would drop an item without a word.
+        raise DataError(path, None, f"duplicate key {dup.args[0]!r} in a JSON object") from None
+
+
+class _DuplicateKey(Exception):
+    pass
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise _DuplicateKey(key)
+        out[key] = value
+    return out
 
 
 def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
