@@ -32,3 +32,5 @@ def tasks(
     for s in summaries:
         for reason, n in s["skipped"].items():
             typer.echo(f"  {s['task']}: skipped {n} ({reason})")
+        for what, n in s["notes"].items():
+            typer.echo(f"  {s['task']}: kept {n} ({what})")

@@ -67,6 +67,8 @@ class Task:
         train, dev, test: Disjoint QA splits.
         skipped: Items a noisy source forced us to drop, counted by reason, so
             nothing is lost silently.
+        notes: Items kept but repaired or flagged (e.g. a wrong answer offset
+            found again by string search), counted by what was done.
     """
 
     name: str
@@ -77,6 +79,7 @@ class Task:
     dev: list[QAExample]
     test: list[QAExample]
     skipped: dict[str, int] = field(default_factory=dict)
+    notes: dict[str, int] = field(default_factory=dict)
 
     def split(self, name: str) -> list[QAExample]:
         if name not in SPLITS:
@@ -100,6 +103,7 @@ class Task:
             "dev": len(self.dev),
             "test": len(self.test),
             "skipped": dict(self.skipped),
+            "notes": dict(self.notes),
         }
 
     def validate(self, source: object | None = None) -> Task:

@@ -88,6 +88,9 @@ def test_repaired_offsets(tasks: dict[str, Task]) -> None:
     assert repaired("covid_qa") == 234  # SOURCES.md: 234 wrong offsets
     assert repaired("cmrc2018") == 3 + 5  # 3 dev, 5 trial
     assert repaired("xquad") == repaired("policyqa") == repaired("agxqa") == 0
+    # ... and the task reports them, so `metarag tasks` shows them
+    assert tasks["covid_qa"].notes == {"answer_start repaired by string search": 234}
+    assert tasks["xquad"].notes == {}
 
 
 def test_labels_and_chunking(tasks: dict[str, Task]) -> None:

@@ -67,7 +67,7 @@ def test_jsonl_folder_loads_with_gold_derivation_and_fixed_splits(tmp_path: Path
     assert ex["q4"].gold_passage_ids == ("p1",)
     # Kept without gold ids, and counted.
     assert ex["q3"].gold_passage_ids == () and ex["q3"].metadata["gold"] == "none"
-    assert task.skipped == {NO_GOLD_REASON: 1}
+    assert task.notes == {NO_GOLD_REASON: 1}
     # Fixed splits are kept; marked test rows are the whole test split.
     assert [e.id for e in task.test] == ["q3"]
     assert "q1" in {e.id for e in task.train} and "q4" in {e.id for e in task.dev}

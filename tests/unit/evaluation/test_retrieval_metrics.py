@@ -1,7 +1,11 @@
 import pytest
 
-from metarag.evaluation.retrieval import markdown_table, mean_reciprocal_rank, recall_at_k, \
-    RetrievalScores
+from metarag.evaluation.retrieval import (
+    RetrievalScores,
+    markdown_table,
+    mean_reciprocal_rank,
+    recall_at_k,
+)
 
 RANKED = [["a", "b", "c"], ["x", "y", "z"], ["p", "q", "r"]]
 GOLD = [{"b"}, {"x", "r"}, {"nope"}]

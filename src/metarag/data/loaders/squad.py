@@ -118,7 +118,10 @@ def load_squad(
                         "no non-empty context: the corpus would be empty")
     reader.log(name)
     train, dev, test = make_splits(pool, test, seed=seed)
-    task = Task(name, domain, language, reader.corpus, train, dev, test, dict(reader.skipped))
+    notes = {"answer_start repaired by string search": reader.repaired,
+             "repeated question id renamed (~N)": reader.renamed}
+    task = Task(name, domain, language, reader.corpus, train, dev, test, dict(reader.skipped),
+                notes={k: v for k, v in notes.items() if v})
     return task.validate(source=where)
 
 

@@ -16,7 +16,7 @@ metadata.
 Gold passages: when a QA gives none, they are derived as the passages whose
 text contains one of its answers (case-insensitive). A QA whose answers occur
 nowhere is kept with no gold ids (generation can still be scored, retrieval
-recall cannot) and counted in ``Task.skipped`` under `NO_GOLD_REASON`, so the
+recall cannot) and counted in ``Task.notes`` under `NO_GOLD_REASON`, so the
 gap is visible in ``Task.summary()``. Each example's ``metadata["gold"]`` says
 "given", "derived" or "none".
 
@@ -121,7 +121,7 @@ def load_user_task(path: Path, *, seed: int = 0) -> Task:
         train=by_split["train"] + train,
         dev=by_split["dev"] + dev,
         test=test,
-        skipped={NO_GOLD_REASON: n_without_gold} if n_without_gold else {},
+        notes={NO_GOLD_REASON: n_without_gold} if n_without_gold else {},
     )
     return task.validate(source=path)
 
