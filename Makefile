@@ -18,6 +18,9 @@ $(STAMP): pyproject.toml
 	# The local CPU wheel; installed first so nothing pulls a CUDA build.
 	$(PY) -m pip install -q torch==2.13.0
 	$(PY) -m pip install -q -e ".[dev]"
+	# WordNet for METEOR (Debian's wordnet-base -> NLTK's layout in ~/.cache/metarag).
+	# Not fatal: without it only the METEOR tests skip, and they say how to fix it.
+	$(PY) -m metarag.evaluation.wordnet --install || echo "warning: WordNet not set up; METEOR is unavailable (see the error above)"
 	touch $(STAMP)
 
 test: $(STAMP)
