@@ -60,6 +60,7 @@ def test_index_build_then_retrieve(tmp_path, tiny_encoder_dir):
                     "--encoder", str(tiny_encoder_dir))
     assert result.exit_code == 0, result.output
     assert (out / "index.faiss").is_file() and (out / "index.json").is_file()
+    assert (out / "bm25" / "bm25.json").is_file()
 
     result = invoke("retrieve", "--index", str(out), "-k", "3", "--json",
                     "What dose is used for adults?")

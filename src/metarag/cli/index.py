@@ -8,6 +8,7 @@ import typer
 
 from metarag.cli.common import EncoderOption, SeedOption
 
+BM25_FOLDER = "bm25"
 app = typer.Typer(help="Build dense passage indexes.", no_args_is_help=True)
 
 
@@ -22,13 +23,18 @@ def build(
     batch_size: int = typer.Option(64, help="Passages per encoding batch."),
     seed: int = SeedOption,
 ) -> None:
-    """Encode every passage of SOURCE and save the index, its passages and encoder identity."""
+    """Encode every passage of SOURCE and save the index, its passages and encoder identity.
+
+    A BM25 index of the same passages goes into OUT/bm25, so `retrieve` can use
+    --method bm25 or hybrid without rebuilding it.
+    """
     from metarag.data.loaders import load_task
-    from metarag.retrieval import DenseEncoder, DenseIndex
+    from metarag.retrieval import BM25Index, DenseEncoder, DenseIndex
 
     task = load_task(source, seed=seed)
     enc = DenseEncoder.from_pretrained(encoder)
     index = DenseIndex.build(task.corpus, enc, kind=kind, batch_size=batch_size,
                              show_progress=True, language=task.language)
     index.save(out)
+    BM25Index.build(task.corpus, language=task.language).save(out / BM25_FOLDER)
     typer.echo(f"indexed {len(task.corpus)} passages of {task.name} into {out}")

@@ -21,8 +21,14 @@ def retrieve(
 
     if not question.strip():
         raise typer.BadParameter("the question is empty", param_hint="QUESTION")
+    from metarag.cli.index import BM25_FOLDER
+
     dense = DenseIndex.load(index)
-    bm25 = BM25Index.build(dense.passages, language=dense.language) if method != "dense" else None
+    bm25 = None
+    if method != "dense":
+        saved = index / BM25_FOLDER
+        bm25 = (BM25Index.load(saved) if saved.is_dir()
+                else BM25Index.build(dense.passages, language=dense.language))
     hits = Retriever(dense=dense, bm25=bm25).retrieve([question], k=k, method=method)
     by_id = {p.id: p for p in dense.passages}
     ranked = [{"rank": r, "id": pid, "score": score, "title": by_id[pid].title,
