@@ -85,7 +85,8 @@ class DenseEncoder:
 
     @classmethod
     def from_pretrained(cls, name_or_path: str | Path | None = None, *, max_length: int = 256,
-                        device: str = "cpu") -> DenseEncoder:
+                        device: str = "cpu",
+                        attn_implementation: str | None = None) -> DenseEncoder:
         """Load an encoder from a local directory (or a hub name when online).
 
         Args:
@@ -95,6 +96,8 @@ class DenseEncoder:
             max_length: Truncation length in tokens. Lowered (with a warning) to what
                 the model's position embeddings and tokenizer support.
             device: Torch device, e.g. "cpu" or "cuda".
+            attn_implementation: Passed to transformers, e.g. "eager" for models
+                trained with second-order MAML.
 
         Raises:
             OSError: When the model cannot be found or loaded; the message names it.
@@ -118,7 +121,10 @@ class DenseEncoder:
         hf_logging.disable_progress_bar()
         try:
             tokenizer = AutoTokenizer.from_pretrained(source)
-            model = AutoModel.from_pretrained(source)
+            # "eager" when it will be trained with second-order gradients: SDPA
+            # attention has no double backward on CPU.
+            extra = {"attn_implementation": attn_implementation} if attn_implementation else {}
+            model = AutoModel.from_pretrained(source, **extra)
         except OSError as err:
             raise OSError(
                 f"could not load encoder {name!r}: {err}. Pass a local Hugging Face model "
