@@ -1,0 +1,506 @@
+"""One interface over Hugging Face seq2seq and decoder-only language models.
+
+``Generator`` wraps a ``transformers`` model and its tokenizer behind three calls:
+
+- ``tokenize(sources, targets)`` -> a batch ``{"input_ids", "attention_mask", "labels"}``;
+- ``forward(**batch)`` -> (B,) log p(target | source), summed over target tokens:
+  what RAG-sequence marginalisation and the meta-learning losses consume; it is a
+  pure function of the parameters, so ``torch.func.functional_call`` works;
+- ``generate(sources)`` -> answer strings.
+
+Kinds:
+
+- ``"bert2bert"`` (default): ``EncoderDecoderModel`` warm-started from two copies of
+  a BERT checkpoint (Rothe et al. 2020), MiniLM by default. The decoder's
+  cross-attention and LM-head transform start random.
+- ``"seq2seq"``: T5/BART, ``AutoModelForSeq2SeqLM``.
+- ``"causal"``: GPT-2 family, ``AutoModelForCausalLM``; source and answer form one
+  sequence ``source answer: target <eos>``.
+- ``"bert-lm"``: ``BertLMHeadModel`` (``is_decoder=True``) from a BERT checkpoint; the
+  cheap decoder-only option, laid out like ``"causal"``.
+
+Batch layouts (labels are -100 where there is nothing to predict):
+
+- encoder-decoder: input_ids/attention_mask (B, S) right-padded source;
+  labels (B, T) = answer tokens + EOS, right-padded. The decoder input is labels
+  shifted right behind the decoder start token.
+- decoder-only: input_ids/attention_mask (B, L) = ``source + cue + target + EOS``,
+  LEFT-padded so every answer ends at the right edge; labels (B, T) hold the
+  target for the last T positions of input_ids. Left padding is also what
+  batched generation needs, so training and generation see the same positions,
+  and only the last T+1 positions need vocabulary logits.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import logging
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from metarag.generation.hf import (
+    ENCODER_DECODER_KINDS,
+    first_not_none,
+    force_eager,
+    load_model,
+    max_positions,
+    quiet_transformers,
+    special_ids,
+    sync_special_ids,
+)
+from metarag.generation.prompt import CAUSAL_ANSWER_CUE
+
+logger = logging.getLogger(__name__)
+
+KINDS = ("bert2bert", "seq2seq", "causal", "bert-lm")
+IGNORE_INDEX = -100  # label value that contributes nothing (padding, source tokens)
+SAVE_FILE = "metarag_generator.json"
+_FORMAT = "metarag-generator"
+_VERSION = 1
+
+
+class Generator(nn.Module):
+    """A Hugging Face LM with a uniform ``tokenize`` / ``forward`` / ``loss`` / ``generate``.
+
+    Build it with :meth:`from_pretrained`, :meth:`tiny` or :meth:`load`. Like
+    ``transformers``' own ``from_pretrained``, every constructor returns the model
+    in eval mode; call ``.train()`` to enable dropout.
+
+    Attributes:
+        model: The wrapped ``transformers`` model (its parameters are this module's,
+            named ``model.*``).
+        tokenizer: Its tokenizer.
+        kind: One of :data:`KINDS`.
+        max_source_length: Source tokens kept (special tokens and, for decoder-only
+            kinds, the answer cue included); longer sources lose their end.
+        max_target_length: Target tokens kept, EOS included.
+    """
+
+    def __init__(self, model: Any, tokenizer: Any, *, kind: str, max_source_length: int = 256,
+                 max_target_length: int = 64) -> None:
+        super().__init__()
+        if kind not in KINDS:
+            raise ValueError(f"unknown generator kind {kind!r}; expected one of {', '.join(KINDS)}")
+        if max_source_length < 2 or max_target_length < 1:
+            raise ValueError(
+                f"max_source_length must be >= 2 and max_target_length >= 1, got "
+                f"{max_source_length} and {max_target_length}")
+        self.model = model
+        self.tokenizer = tokenizer
+        self.kind = kind
+        self.train(model.training)  # the wrapper follows the model's mode (eval after loading)
+        self._warned: set[str] = set()
+        force_eager(model)
+        self.eos_id, self.pad_id, self.decoder_start_id = special_ids(model, tokenizer, kind)
+        sync_special_ids(model, eos=self.eos_id, pad=self.pad_id,
+                         bos=first_not_none(tokenizer.bos_token_id, tokenizer.cls_token_id),
+                         decoder_start=self.decoder_start_id)
+        # Over-long sources keep their beginning, where format_source puts the question.
+        tokenizer.truncation_side = "right"
+        # Decoder-only kinds read "<source> answer: <target>"; the leading space makes
+        # byte-level BPE (GPT-2) tokenise the cue as it would inside running text.
+        self._cue_ids: list[int] = []
+        if not self.is_encoder_decoder:
+            cue = tokenizer(" " + CAUSAL_ANSWER_CUE, add_special_tokens=False)
+            self._cue_ids = cue["input_ids"]
+        self._keeps_logits = "logits_to_keep" in inspect.signature(model.forward).parameters
+        self.max_source_length, self.max_target_length = self._fit_lengths(
+            max_source_length, max_target_length)
+
+    # ------------------------------------------------------------------ build
+
+    @classmethod
+    def from_pretrained(cls, kind: str = "bert2bert", name_or_path: str | os.PathLike | None = None,
+                        *, max_source_length: int = 256, max_target_length: int = 64
+                        ) -> Generator:
+        """Load a generator from a local Hugging Face model directory.
+
+        Args:
+            kind: One of :data:`KINDS`.
+            name_or_path: A local model directory (or a hub name when online). None
+                means the bundled MiniLM, which only suits the BERT kinds
+                ("bert2bert", "bert-lm"). For "bert2bert", a BERT directory is
+                warm-started into an encoder-decoder; a saved ``EncoderDecoderModel``
+                directory is loaded as it is.
+            max_source_length: See the class attributes; lowered with a warning to
+                what the model's position table holds.
+            max_target_length: See the class attributes.
+
+        Raises:
+            ValueError: For an unknown kind, or MiniLM asked for a non-BERT kind.
+            OSError: When the model or tokenizer cannot be loaded; the message says
+                what to pass instead.
+        """
+        from transformers import AutoConfig, AutoTokenizer
+
+        if kind not in KINDS:
+            raise ValueError(f"unknown generator kind {kind!r}; expected one of {', '.join(KINDS)}")
+        if name_or_path is None:
+            if kind not in ("bert2bert", "bert-lm"):
+                raise ValueError(
+                    f"kind {kind!r} needs a model directory (name_or_path): the bundled "
+                    "MiniLM is a BERT encoder, usable only as 'bert2bert' or 'bert-lm'")
+            from metarag.retrieval.encoder import default_encoder_path
+
+            name_or_path = default_encoder_path()
+        path = str(name_or_path)
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(path)
+            config = AutoConfig.from_pretrained(path)
+        except OSError as err:
+            raise OSError(
+                f"could not load generator {path!r}: {err}. Pass a local Hugging Face model "
+                "directory (this machine may be offline), or None for the bundled MiniLM."
+            ) from err
+        model = load_model(kind, path, config)
+        model.eval()
+        return cls(model, tokenizer, kind=kind, max_source_length=max_source_length,
+                   max_target_length=max_target_length)
+
+    @classmethod
+    def tiny(cls, kind: str, tokenizer: Any = None, seed: int = 0, *,
+             max_source_length: int = 256, max_target_length: int = 64) -> Generator:
+        """A tiny randomly initialised generator (2 layers, width 32), for tests.
+
+        Args:
+            kind: A kind, or an architecture from :data:`~metarag.generation.tiny.TINY_ARCHS`:
+                "bert2bert", "t5", "bart" ("seq2seq" = "t5"), "gpt2" ("causal" =
+                "gpt2"), "bert-lm".
+            tokenizer: None for MiniLM's BERT tokenizer, used for every architecture
+                (see :mod:`metarag.generation.tiny` for how ids map).
+            seed: Seeds the weights; torch's global RNG is left as it was.
+            max_source_length: See the class attributes.
+            max_target_length: See the class attributes.
+        """
+        from metarag.generation.tiny import build_tiny_model, resolve_arch
+
+        arch, resolved_kind = resolve_arch(kind)
+        if tokenizer is None:
+            from transformers import AutoTokenizer
+
+            from metarag.retrieval.encoder import default_encoder_path
+
+            tokenizer = AutoTokenizer.from_pretrained(default_encoder_path())
+        with torch.random.fork_rng(devices=[]), quiet_transformers():
+            torch.manual_seed(seed)
+            model = build_tiny_model(arch, tokenizer)
+        model.eval()
+        return cls(model, tokenizer, kind=resolved_kind, max_source_length=max_source_length,
+                   max_target_length=max_target_length)
+
+    def save(self, directory: str | os.PathLike) -> Path:
+        """Write weights (safetensors), configs, tokenizer and ``metarag_generator.json``.
+
+        Returns:
+            The directory, which :meth:`load` reads back.
+        """
+        out = Path(directory)
+        out.mkdir(parents=True, exist_ok=True)
+        self.model.save_pretrained(out)  # safetensors; tied weights stored once
+        self.tokenizer.save_pretrained(out)
+        meta = {"format": _FORMAT, "version": _VERSION, "kind": self.kind,
+                "max_source_length": self.max_source_length,
+                "max_target_length": self.max_target_length}
+        tmp = out / (SAVE_FILE + ".tmp")
+        tmp.write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+        tmp.replace(out / SAVE_FILE)  # the marker appears only once everything is written
+        return out
+
+    @classmethod
+    def load(cls, directory: str | os.PathLike) -> Generator:
+        """Load what :meth:`save` wrote.
+
+        Raises:
+            FileNotFoundError: When the directory has no ``metarag_generator.json``.
+            ValueError: When that file is not a metarag generator record.
+        """
+        from transformers import AutoConfig, AutoTokenizer
+
+        path = Path(directory)
+        meta_path = path / SAVE_FILE
+        if not meta_path.is_file():
+            raise FileNotFoundError(
+                f"{meta_path} not found: {path} is not a saved metarag generator. For a plain "
+                "Hugging Face directory use Generator.from_pretrained(kind, path).")
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        if meta.get("format") != _FORMAT or meta.get("kind") not in KINDS:
+            raise ValueError(
+                f"{meta_path}: expected format {_FORMAT!r} with a kind in {KINDS}, got "
+                f"format={meta.get('format')!r}, kind={meta.get('kind')!r}; re-save the generator")
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        model = load_model(meta["kind"], str(path), AutoConfig.from_pretrained(path))
+        model.eval()
+        return cls(model, tokenizer, kind=meta["kind"],
+                   max_source_length=int(meta["max_source_length"]),
+                   max_target_length=int(meta["max_target_length"]))
+
+    # ------------------------------------------------------------------ use
+
+    @property
+    def is_encoder_decoder(self) -> bool:
+        return self.kind in ENCODER_DECODER_KINDS
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def num_parameters(self) -> int:
+        """Trainable parameters, tied weights counted once."""
+        return sum(p.numel() for p in self.parameters())
+
+    def tokenize(self, sources: Sequence[str], targets: Sequence[str] | None = None
+                 ) -> dict[str, torch.Tensor]:
+        """Tokenise, truncate and pad a batch on the model's device (layouts: module docstring).
+
+        Over-long sources lose their end (the question, first in ``format_source``,
+        survives); over-long targets too, keeping the EOS. Either logs one warning
+        per generator, never an error.
+
+        Args:
+            sources: B generator inputs, e.g. from :func:`~metarag.generation.prompt.format_source`.
+            targets: B answers, or None for a generation prompt (no labels).
+
+        Returns:
+            ``input_ids`` and ``attention_mask`` (B, S or L) and, with targets, ``labels`` (B, T).
+        """
+        sources = _as_list(sources, "sources")
+        if targets is not None:
+            targets = _as_list(targets, "targets")
+            if len(targets) != len(sources):
+                raise ValueError(f"got {len(sources)} sources but {len(targets)} targets; "
+                                 "they must pair up one to one")
+        if not sources:
+            raise ValueError("tokenize needs at least one source")
+        src = self._encode_sources(sources)
+        tgt = self._encode_targets(targets) if targets is not None else None
+        if self.is_encoder_decoder:
+            batch = _pad(src, self.pad_id, left=False)
+            if tgt is not None:
+                batch["labels"] = _pad(tgt, IGNORE_INDEX, left=False)["input_ids"]
+        else:
+            seqs = [s + t for s, t in zip(src, tgt)] if tgt is not None else src
+            batch = _pad(seqs, self.pad_id, left=True)
+            if tgt is not None:
+                # (B, T): right-aligned like the sequences, so column j is position L-T+j.
+                batch["labels"] = _pad(tgt, IGNORE_INDEX, left=True)["input_ids"]
+        return {k: v.to(self.device) for k, v in batch.items()}
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                labels: torch.Tensor | None = None) -> torch.Tensor:
+        """Per-sequence log-likelihood of the target: sum over tokens of log p(y_t | y_<t, x).
+
+        Recomputed from the model's logits on every call (no caches, no in-place
+        parameter use), so it runs under ``torch.func.functional_call`` and
+        second-order autograd.
+
+        Args:
+            input_ids: (B, S) source (encoder-decoder) or (B, L) left-padded sequence.
+            attention_mask: Same shape, 1 on real tokens.
+            labels: (B, T) target ids, -100 where nothing is predicted.
+
+        Returns:
+            (B,) float32 log-likelihoods (<= 0).
+        """
+        if labels is None:
+            raise ValueError("Generator.forward needs labels: build the batch with "
+                             "tokenize(sources, targets)")
+        if self.is_encoder_decoder:
+            decoder_input_ids = _shift_right(labels, self.decoder_start_id, self.pad_id)
+            # Labels are right-padded and the decoder is causal, so padded decoder
+            # positions never influence real ones: no decoder mask needed.
+            logits = self.model(input_ids=input_ids, attention_mask=attention_mask,
+                                decoder_input_ids=decoder_input_ids, use_cache=False).logits
+        else:
+            # Left padding: positions count real tokens only, as in generate().
+            position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)  # (B, L)
+            keep = labels.shape[1] + 1  # logits at L-T-1 .. L-2 predict the last T tokens
+            kwargs = {"logits_to_keep": keep} if self._keeps_logits else {}
+            logits = self.model(input_ids=input_ids, attention_mask=attention_mask,
+                                position_ids=position_ids, use_cache=False, **kwargs).logits
+            logits = logits[:, -keep:-1]  # (B, T, V)
+        return sequence_log_likelihood(logits, labels)
+
+    def loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Mean negative log-likelihood per target token (scalar), over the whole batch."""
+        return token_nll(self(**batch), batch["labels"])
+
+    @torch.no_grad()
+    def generate(self, sources: Sequence[str], *, max_new_tokens: int = 32, num_beams: int = 1,
+                 batch_size: int = 32) -> list[str]:
+        """Greedy (or beam) decoding; answers without special tokens or the prompt.
+
+        Runs in eval mode (the previous mode is restored).
+
+        Args:
+            sources: Generator inputs.
+            max_new_tokens: Most answer tokens to write.
+            num_beams: 1 for greedy search.
+            batch_size: Sources decoded at once.
+
+        Raises:
+            ValueError: When a decoder-only model's position table cannot hold the
+                prompt plus ``max_new_tokens``.
+        """
+        sources = _as_list(sources, "sources")
+        if max_new_tokens < 1 or num_beams < 1 or batch_size < 1:
+            raise ValueError(f"max_new_tokens, num_beams and batch_size must be positive, got "
+                             f"{max_new_tokens}, {num_beams}, {batch_size}")
+        was_training = self.training
+        self.eval()
+        answers: list[str] = []
+        try:
+            for start in range(0, len(sources), batch_size):
+                batch = self.tokenize(sources[start:start + batch_size])
+                prompt_len = batch["input_ids"].shape[1]
+                limit = max_positions(self.model)
+                if not self.is_encoder_decoder and limit and prompt_len + max_new_tokens > limit:
+                    raise ValueError(
+                        f"prompt ({prompt_len} tokens) + max_new_tokens ({max_new_tokens}) exceeds "
+                        f"the model's {limit} positions; lower max_new_tokens or max_source_length")
+                out = self.model.generate(**batch, max_new_tokens=max_new_tokens,
+                                          num_beams=num_beams, do_sample=False,
+                                          pad_token_id=self.pad_id, eos_token_id=self.eos_id)
+                if not self.is_encoder_decoder:
+                    out = out[:, prompt_len:]  # the continuation only
+                texts = self.tokenizer.batch_decode(out, skip_special_tokens=True)
+                answers.extend(t.strip() for t in texts)
+        finally:
+            self.train(was_training)
+        return answers
+
+    def extra_repr(self) -> str:
+        return (f"kind={self.kind!r}, max_source_length={self.max_source_length}, "
+                f"max_target_length={self.max_target_length}")
+
+    # ------------------------------------------------------------------ internals
+
+    def _encode_sources(self, sources: list[str]) -> list[list[int]]:
+        """Token ids with the tokenizer's special tokens (and, decoder-only, the cue)."""
+        budget = self.max_source_length - len(self._cue_ids)
+        # One token over budget reveals truncation without a second full pass.
+        ids = self.tokenizer(sources, truncation=True, max_length=budget + 1)["input_ids"]
+        long = [i for i, x in enumerate(ids) if len(x) > budget]
+        if long:
+            fixed = self.tokenizer([sources[i] for i in long], truncation=True,
+                                   max_length=budget)["input_ids"]
+            for i, x in zip(long, fixed):
+                ids[i] = x
+            self._warn_once("source", f"{len(long)} of {len(sources)} sources exceed "
+                            f"max_source_length={self.max_source_length} tokens; their ends "
+                            "were cut (the question, first, is kept). Raise max_source_length "
+                            "or pass fewer or shorter passages.")
+        return [x + self._cue_ids for x in ids]
+
+    def _encode_targets(self, targets: list[str]) -> list[list[int]]:
+        """Answer tokens + EOS, at most ``max_target_length`` in all."""
+        if not self.is_encoder_decoder:
+            targets = [" " + t.strip() for t in targets]  # runs on from "answer:"
+        budget = self.max_target_length - 1  # room for EOS
+        ids = self.tokenizer(targets, add_special_tokens=False, truncation=True,
+                             max_length=budget + 1)["input_ids"]
+        cut = sum(len(x) > budget for x in ids)
+        if cut:
+            self._warn_once("target", f"{cut} of {len(targets)} targets exceed "
+                            f"max_target_length={self.max_target_length} tokens (EOS included); "
+                            "their ends were cut. Raise max_target_length.")
+        return [x[:budget] + [self.eos_id] for x in ids]
+
+    def _warn_once(self, key: str, message: str) -> None:
+        if key not in self._warned:
+            self._warned.add(key)
+            logger.warning("%s (logged once per generator)", message)
+
+    def _fit_lengths(self, source: int, target: int) -> tuple[int, int]:
+        """Lower the lengths, with a warning, to what the position tables hold."""
+        limit = max_positions(self.model)
+        if self.is_encoder_decoder:
+            enc_limit, dec_limit = max_positions(self.model, "encoder"), limit
+            if enc_limit and source > enc_limit:
+                logger.warning("encoder holds %d positions; max_source_length %d lowered to %d",
+                               enc_limit, source, enc_limit)
+                source = enc_limit
+            if dec_limit and target > dec_limit:
+                logger.warning("decoder holds %d positions; max_target_length %d lowered to %d",
+                               dec_limit, target, dec_limit)
+                target = dec_limit
+        elif limit and source + target > limit:
+            new_source = max(limit - target, len(self._cue_ids) + 2)
+            logger.warning("decoder-only model holds %d positions for source + target; "
+                           "max_source_length %d lowered to %d", limit, source, new_source)
+            source = new_source
+        if source <= len(self._cue_ids) + 1:
+            raise ValueError(f"max_source_length={source} leaves no room for the source "
+                             f"after the {len(self._cue_ids)}-token answer cue; raise it")
+        return source, target
+
+
+# ---------------------------------------------------------------------- losses
+
+
+def sequence_log_likelihood(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Sum of target-token log-probabilities per sequence.
+
+    Args:
+        logits: (B, T, V); position t scores ``labels[:, t]``.
+        labels: (B, T) ids, -100 where nothing is predicted.
+
+    Returns:
+        (B,) float32; 0 for a row with no labelled token.
+    """
+    b, t, v = logits.shape
+    # float32 softmax even for half-precision models; cross_entropy gives 0 at -100.
+    nll = nn.functional.cross_entropy(logits.float().reshape(b * t, v), labels.reshape(b * t),
+                                      ignore_index=IGNORE_INDEX, reduction="none")
+    return -nll.view(b, t).sum(-1)
+
+
+def token_nll(log_likelihood: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Mean negative log-likelihood per labelled token: the usual LM training loss.
+
+    A pure function of ``Generator.forward``'s output, so it composes with
+    ``torch.func.functional_call``: ``token_nll(functional_call(gen, params,
+    kwargs=batch), batch["labels"])``.
+
+    Args:
+        log_likelihood: (B,) per-sequence sums from ``Generator.forward``.
+        labels: (B, T) the batch's labels (to count tokens).
+    """
+    n_tokens = (labels != IGNORE_INDEX).sum().clamp(min=1)
+    return -log_likelihood.sum() / n_tokens
+
+
+# ---------------------------------------------------------------------- helpers
+
+
+def _as_list(texts: Sequence[str], name: str) -> list[str]:
+    if isinstance(texts, str):
+        raise TypeError(f"{name} must be a list of strings, got a single str; wrap it: [text]")
+    texts = list(texts)
+    bad = next((i for i, t in enumerate(texts) if not isinstance(t, str)), None)
+    if bad is not None:
+        raise TypeError(f"{name}[{bad}] is {type(texts[bad]).__name__}, expected str")
+    return texts
+
+
+def _pad(seqs: list[list[int]], value: int, *, left: bool) -> dict[str, torch.Tensor]:
+    """Pad id lists to the longest: ``{"input_ids": (B, L), "attention_mask": (B, L)}``."""
+    longest = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), longest), value, dtype=torch.long)
+    mask = torch.zeros((len(seqs), longest), dtype=torch.long)
+    for i, s in enumerate(seqs):
+        span = slice(longest - len(s), longest) if left else slice(0, len(s))
+        ids[i, span] = torch.tensor(s, dtype=torch.long)
+        mask[i, span] = 1
+    return {"input_ids": ids, "attention_mask": mask}
+
+
+def _shift_right(labels: torch.Tensor, start_id: int, pad_id: int) -> torch.Tensor:
+    """(B, T) labels -> (B, T) decoder inputs: start token, then labels[:, :-1]; -100 -> pad."""
+    shifted = torch.cat([torch.full_like(labels[:, :1], start_id), labels[:, :-1]], dim=1)
+    return shifted.masked_fill(shifted == IGNORE_INDEX, pad_id)
