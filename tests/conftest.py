@@ -11,6 +11,19 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("METARAG_SHARED_DATA", REPO_ROOT.parent / "shared" / "data"))
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _one_torch_thread() -> None:
+    """Tests run torch on one thread.
+
+    Tiny models do thousands of very small ops; on a shared 2-core machine each op
+    can wait for the second OpenMP thread to be scheduled (~8 ms measured), making
+    a test up to 100x slower than on one thread.
+    """
+    import torch
+
+    torch.set_num_threads(1)
+
+
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     """The 8 real datasets; tests that need them skip with the reason when absent."""

@@ -1,0 +1,1 @@
+"""The RAG model: retrieve top-k passages, generate, train retriever and generator jointly."""

@@ -1,0 +1,233 @@
+"""RAGModel: a trainable query encoder over fixed passage embeddings, plus a generator.
+
+    question --query encoder--> q (B, D) --q @ E.T--> top-k passages (B, K)
+             --generator(question + passage z)--> log p(y|x,z) (B, K)
+             --RAG-sequence marginal--> loss
+
+Passage embeddings E (N, D) are computed once by the (frozen) passage encoder
+and held as a buffer: the generator's loss trains the query encoder through
+the retrieval scores q . e_z (Lewis et al. 2020), the passage side stays put,
+so nothing needs re-indexing during training. The module is never mutated by
+meta-learning: `torch.func.functional_call(model, params, (questions, answers))`
+runs it with any parameter dict.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from torch import nn
+
+from metarag.data.schema import Passage
+from metarag.generation.prompt import format_source
+from metarag.rag.losses import passage_posterior, rag_sequence_nll
+
+Fusion = Literal["sequence", "concat"]
+
+
+@dataclass
+class RAGConfig:
+    """How the model retrieves and combines passages.
+
+    Attributes:
+        k: Passages retrieved per question.
+        temperature: Divides retrieval scores (cosine, in [-1, 1]) before the
+            softmax over the top-k; 0.05 matches MiniLM's contrastive training scale.
+        train_retriever: Let the generator's loss train the query encoder.
+        fusion: "sequence" marginalises over passages (RAG-sequence); "concat"
+            feeds all k passages in one input (Fusion-in-Decoder-style); the
+            retriever then gets no gradient from the generator.
+        max_new_tokens: Answer length limit when generating.
+    """
+
+    k: int = 4
+    temperature: float = 0.05
+    train_retriever: bool = True
+    fusion: Fusion = "sequence"
+    max_new_tokens: int = 32
+
+    def __post_init__(self) -> None:
+        if self.k < 1:
+            raise ValueError(f"k must be >= 1, got {self.k}")
+        if self.temperature <= 0:
+            raise ValueError(f"temperature must be positive, got {self.temperature}")
+        if self.fusion not in ("sequence", "concat"):
+            raise ValueError(f"fusion must be 'sequence' or 'concat', got {self.fusion!r}")
+
+
+@dataclass
+class RAGOutput:
+    """Training-time outputs for a batch of B questions and K passages each."""
+
+    loss: torch.Tensor          # scalar: mean over B of the per-token marginal NLL
+    nll: torch.Tensor           # (B,) -log p(y|x), summed over answer tokens
+    doc_logits: torch.Tensor    # (B, K) retrieval scores / temperature
+    seq_loglik: torch.Tensor    # (B, K) log p(y|x,z); (B, 1) with concat fusion
+    passage_ids: list[list[str]]
+
+
+@dataclass(frozen=True)
+class Citation:
+    """A passage an answer rests on."""
+
+    passage_id: str
+    title: str
+    text: str
+    weight: float          # p(z|x,y) for RAG-sequence; p(z|x) with concat fusion
+    retrieval_score: float  # cosine similarity of question and passage
+
+
+@dataclass
+class Answer:
+    question: str
+    answer: str
+    citations: list[Citation]
+
+
+class RAGModel(nn.Module):
+    """Retriever + generator, trained jointly by the RAG-sequence marginal likelihood.
+
+    Args:
+        query_encoder: A `metarag.retrieval.DenseEncoder`; its ``model`` becomes the
+            trainable ``query_model`` sub-module.
+        generator: A `metarag.generation.Generator`.
+        config: Retrieval and fusion settings.
+    """
+
+    def __init__(self, query_encoder: Any, generator: nn.Module,
+                 config: RAGConfig | None = None) -> None:
+        super().__init__()
+        self.query_model = query_encoder.model
+        self.generator = generator
+        self.config = config or RAGConfig()
+        # The wrapper gives tokenisation and pooling; its .model is query_model,
+        # so functional_call's parameter swap reaches it.
+        self._query_encoder = query_encoder
+        self.passages: list[Passage] = []
+        self.register_buffer("passage_embeddings",
+                             torch.empty(0, query_encoder.dim), persistent=False)
+
+    # ---- corpus ----------------------------------------------------------------------
+
+    def set_corpus(self, passages: Sequence[Passage], embeddings: np.ndarray | torch.Tensor
+                   ) -> None:
+        """Use these passages and their (N, D) unit-length embeddings for retrieval."""
+        emb = torch.as_tensor(np.asarray(embeddings), dtype=torch.float32)
+        if emb.ndim != 2 or emb.shape[0] != len(passages):
+            raise ValueError(f"expected ({len(passages)}, D) embeddings, got {tuple(emb.shape)}")
+        if emb.shape[1] != self._query_encoder.dim:
+            raise ValueError(f"passage embeddings are {emb.shape[1]}-d but the query encoder "
+                             f"gives {self._query_encoder.dim}-d vectors; embed the passages "
+                             "with the matching passage encoder")
+        self.passages = list(passages)
+        self.passage_embeddings = emb.to(self.passage_embeddings.device)
+
+    # ---- retrieval -------------------------------------------------------------------
+
+    def retrieve(self, questions: Sequence[str], k: int | None = None
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Top-k passages per question.
+
+        Returns:
+            doc_logits: (B, K) scores / temperature, differentiable in the query
+                encoder when ``train_retriever``.
+            top: (B, K) passage indices into ``self.passages``.
+        """
+        _check_questions(questions)
+        if not self.passages:
+            raise ValueError("the model has no corpus to retrieve from: call set_corpus() "
+                             "with the passages of the task")
+        k = min(k or self.config.k, len(self.passages))
+        with torch.set_grad_enabled(torch.is_grad_enabled() and self.config.train_retriever):
+            batch = self._query_encoder.tokenize(list(questions))
+            q = self._query_encoder.embed(batch["input_ids"], batch["attention_mask"])  # (B, D)
+        scores = q @ self.passage_embeddings.T                                        # (B, N)
+        top = scores.detach().topk(k, dim=-1).indices                                  # (B, K)
+        doc_logits = scores.gather(1, top) / self.config.temperature
+        if not self.config.train_retriever:
+            doc_logits = doc_logits.detach()
+        return doc_logits, top
+
+    # ---- training --------------------------------------------------------------------
+
+    def forward(self, questions: Sequence[str], answers: Sequence[str]) -> RAGOutput:
+        """Marginal negative log-likelihood of the reference answers."""
+        if len(questions) != len(answers):
+            raise ValueError(f"{len(questions)} questions but {len(answers)} answers")
+        doc_logits, top = self.retrieve(questions)
+        b, k = top.shape
+        ids = [[self.passages[j].id for j in row] for row in top.tolist()]
+        if self.config.fusion == "sequence":
+            sources = [format_source(q, [self.passages[j]])
+                       for q, row in zip(questions, top.tolist()) for j in row]
+            targets = [a for a in answers for _ in range(k)]
+            batch = self.generator.tokenize(sources, targets)
+            seq_loglik = self.generator(**batch).view(b, k)                            # (B, K)
+            nll = rag_sequence_nll(doc_logits, seq_loglik)
+            n_tokens = (batch["labels"] != -100).sum(-1).view(b, k)[:, 0]
+        else:
+            sources = [format_source(q, [self.passages[j] for j in row])
+                       for q, row in zip(questions, top.tolist())]
+            batch = self.generator.tokenize(sources, list(answers))
+            seq_loglik = self.generator(**batch).view(b, 1)
+            nll = -seq_loglik[:, 0]
+            n_tokens = (batch["labels"] != -100).sum(-1)
+        # Per-token loss, so long answers do not drown short ones in a batch.
+        loss = (nll / n_tokens.clamp(min=1)).mean()
+        return RAGOutput(loss, nll, doc_logits, seq_loglik, ids)
+
+    # ---- answering -------------------------------------------------------------------
+
+    @torch.no_grad()
+    def answer(self, questions: Sequence[str], *, k: int | None = None,
+               max_new_tokens: int | None = None) -> list[Answer]:
+        """Generate answers with the passages they cite.
+
+        RAG-sequence decoding ("thorough", Lewis et al. 2020 §2.4): one candidate
+        per retrieved passage, each rescored under every passage, and the
+        candidate with the highest marginal p(y|x) wins; its citations are the
+        passages ranked by p(z|x,y). Cost: K generations + K*K scorings per question.
+        """
+        max_new = max_new_tokens or self.config.max_new_tokens
+        doc_logits, top = self.retrieve(questions, k)
+        scores = doc_logits * self.config.temperature
+        results = []
+        for i, question in enumerate(questions):
+            passages = [self.passages[j] for j in top[i].tolist()]
+            if self.config.fusion == "concat":
+                text = self.generator.generate([format_source(question, passages)],
+                                               max_new_tokens=max_new)[0]
+                weights = doc_logits[i].softmax(-1)
+            else:
+                text, weights = self._best_candidate(question, passages, doc_logits[i], max_new)
+            order = weights.argsort(descending=True).tolist()
+            results.append(Answer(question, text, [
+                Citation(passages[z].id, passages[z].title, passages[z].text,
+                         float(weights[z]), float(scores[i, z])) for z in order]))
+        return results
+
+    def _best_candidate(self, question: str, passages: list[Passage], doc_logits: torch.Tensor,
+                        max_new: int) -> tuple[str, torch.Tensor]:
+        sources = [format_source(question, [p]) for p in passages]             # K inputs
+        candidates = list(dict.fromkeys(self.generator.generate(sources, max_new_tokens=max_new)))
+        c, k = len(candidates), len(sources)
+        batch = self.generator.tokenize([s for _ in candidates for s in sources],
+                                        [y for y in candidates for _ in sources])
+        loglik = self.generator(**batch).view(c, k)                              # (C, K)
+        logits = doc_logits.expand(c, k)
+        best = int((-rag_sequence_nll(logits, loglik)).argmax())
+        return candidates[best], passage_posterior(logits, loglik)[best]
+
+
+def _check_questions(questions: Sequence[str]) -> None:
+    if isinstance(questions, str):
+        raise TypeError("questions must be a list of strings, not one string")
+    if not questions:
+        raise ValueError("no questions given")
+    for i, q in enumerate(questions):
+        if not q or not q.strip():
+            raise ValueError(f"question {i} is empty")
