@@ -1,0 +1,155 @@
+"""Build a RAGModel from its config, and move its weights in and out of checkpoints.
+
+A checkpoint stores the trainable weights and the `ModelConfig`; loading rebuilds
+the architecture from the config (base models are local folders, e.g. the
+bundled MiniLM) and then loads the weights, refusing any whose names or shapes
+do not fit, with the differences named.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from metarag.checkpoint import Checkpoint, CheckpointError
+from metarag.data.schema import Passage
+from metarag.rag.model import RAGConfig, RAGModel
+
+TINY = "tiny"
+
+
+@dataclass
+class ModelConfig:
+    """Which encoder and generator make up the RAG model.
+
+    Attributes:
+        encoder: Query/passage encoder: a local model folder or hub name; None for
+            the bundled all-MiniLM-L6-v2.
+        generator_kind: "bert2bert", "seq2seq", "causal" or "bert-lm".
+        generator: Generator weights: a local folder or hub name; None to
+            warm-start from the encoder's weights (BERT kinds only); "tiny" for a
+            tiny random model (tests and smoke runs).
+        query_max_length: Question tokens kept by the query encoder.
+        max_source_length: Generator input tokens (question + passage).
+        max_target_length: Answer tokens.
+        rag: Retrieval and fusion settings.
+    """
+
+    encoder: str | None = None
+    generator_kind: str = "bert2bert"
+    generator: str | None = None
+    query_max_length: int = 64
+    max_source_length: int = 192
+    max_target_length: int = 48
+    rag: RAGConfig = field(default_factory=RAGConfig)
+
+    def __post_init__(self) -> None:
+        for name in ("query_max_length", "max_source_length", "max_target_length"):
+            if getattr(self, name) < 8:
+                raise ValueError(f"{name} must be at least 8 tokens, got {getattr(self, name)}")
+
+
+@dataclass
+class BuiltModel:
+    """The trainable RAG model and the frozen encoder that embeds passages."""
+
+    model: RAGModel
+    passage_encoder: Any  # DenseEncoder
+
+    def use_corpus(self, passages: Sequence[Passage], *, batch_size: int = 64,
+                   show_progress: bool = False, embeddings: np.ndarray | None = None) -> None:
+        """Point retrieval at a corpus, embedding it with the frozen passage encoder."""
+        from metarag.retrieval import passage_text
+
+        if embeddings is None:
+            embeddings = self.passage_encoder.encode([passage_text(p) for p in passages],
+                                                     batch_size=batch_size,
+                                                     show_progress=show_progress)
+        self.model.set_corpus(passages, embeddings)
+
+
+def build_model(config: ModelConfig, *, seed: int = 0) -> BuiltModel:
+    """Load the encoder twice (trainable query side, frozen passage side) and the generator.
+
+    Attention is "eager" so that second-order gradients work on CPU (SDPA has no
+    double backward there).
+    """
+    from metarag.generation import Generator
+    from metarag.retrieval import DenseEncoder
+
+    query = DenseEncoder.from_pretrained(config.encoder, max_length=config.query_max_length,
+                                         attn_implementation="eager")
+    passage = DenseEncoder.from_pretrained(config.encoder)
+    passage.model.requires_grad_(False)
+    lengths = {"max_source_length": config.max_source_length,
+               "max_target_length": config.max_target_length}
+    if config.generator == TINY:
+        generator = Generator.tiny(config.generator_kind, tokenizer=query.tokenizer, seed=seed,
+                                   **lengths)
+    else:
+        name = config.generator
+        if name is None:
+            if config.generator_kind not in ("bert2bert", "bert-lm"):
+                raise ValueError(f"generator_kind {config.generator_kind!r} needs a generator "
+                                 "folder; only bert2bert and bert-lm warm-start from the encoder")
+            name = query.name_or_path if config.encoder is not None else None
+        generator = Generator.from_pretrained(config.generator_kind, name, **lengths)
+    model = RAGModel(query, generator, config.rag)
+    model.train()
+    return BuiltModel(model, passage)
+
+
+def model_weights(model: RAGModel) -> dict[str, torch.Tensor]:
+    """Everything a checkpoint must hold to restore the model (no passage buffers)."""
+    return dict(model.state_dict())
+
+
+def load_weights(model: RAGModel, checkpoint: Checkpoint) -> None:
+    """Load checkpoint weights, refusing ones from another model config with the differences."""
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    saved = {k: tuple(v.shape) for k, v in checkpoint.model.items()}
+    missing = sorted(set(expected) - set(saved))
+    unexpected = sorted(set(saved) - set(expected))
+    reshaped = sorted(k for k in set(expected) & set(saved) if expected[k] != saved[k])
+    if missing or unexpected or reshaped:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} weights missing (e.g. {missing[0]})")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected (e.g. {unexpected[0]})")
+        if reshaped:
+            k = reshaped[0]
+            parts.append(f"{len(reshaped)} with other shapes (e.g. {k}: saved {saved[k]}, "
+                         f"model {expected[k]})")
+        raise CheckpointError(f"{checkpoint.path}: was saved from another model config: "
+                              + "; ".join(parts) + ". Use the config the checkpoint was "
+                              "trained with (it is in its state.json).")
+    model.load_state_dict(checkpoint.model)
+
+
+MODEL_CONFIG_KEY = "model_config"
+
+
+def load_trained(path: str, *, seed: int = 0) -> tuple[BuiltModel, dict[str, Any]]:
+    """Rebuild a model from a checkpoint (or run) folder: config from its state, then weights.
+
+    Returns:
+        The model, in eval mode, and the checkpoint's JSON state.
+    """
+    from metarag.checkpoint import load_checkpoint
+    from metarag.config import from_dict
+
+    checkpoint = load_checkpoint(path)
+    if MODEL_CONFIG_KEY not in checkpoint.state:
+        raise CheckpointError(f"{checkpoint.path}: state.json has no {MODEL_CONFIG_KEY!r}; "
+                              "it was not written by `metarag train`")
+    config = from_dict(ModelConfig, checkpoint.state[MODEL_CONFIG_KEY],
+                       source=str(checkpoint.path / "state.json"), prefix=MODEL_CONFIG_KEY + ".")
+    built = build_model(config, seed=seed)
+    load_weights(built.model, checkpoint)
+    built.model.eval()
+    return built, checkpoint.state
