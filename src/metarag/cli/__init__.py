@@ -10,7 +10,7 @@ import logging
 import typer
 
 from metarag import __version__
-from metarag.cli import eval_retrieval, index, retrieve, tasks
+from metarag.cli import ask, eval_retrieval, evaluate, index, retrieve, tasks, train
 
 app = typer.Typer(
     name="metarag",
@@ -24,6 +24,9 @@ app.command("tasks")(tasks.tasks)
 app.add_typer(index.app, name="index")
 app.command("retrieve")(retrieve.retrieve)
 app.command("eval-retrieval")(eval_retrieval.eval_retrieval)
+app.command("evaluate")(evaluate.evaluate)
+app.command("ask")(ask.ask)
+app.command("train")(train.train)
 
 
 def _version(value: bool) -> None:
