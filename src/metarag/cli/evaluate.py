@@ -1,0 +1,60 @@
+"""`metarag evaluate`: answer metrics and retrieval recall of a trained model, per task."""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import typer
+
+from metarag.cli.common import DataOption, SeedOption, TaskOption, load
+
+log = logging.getLogger(__name__)
+
+
+def evaluate(
+    checkpoint: Path = typer.Option(
+        ..., "--checkpoint", "-c", exists=True, file_okay=False,
+        help="A checkpoint folder, or a run folder (its latest checkpoint)."),
+    data: Path | None = DataOption,
+    task: list[str] | None = TaskOption,
+    split: str = typer.Option("test", help="QA split to answer: train, dev or test."),
+    max_examples: int | None = typer.Option(
+        None, "--max-examples", "-n", min=1,
+        help="Answer only the first N examples of each task's split (a fixed subset)."),
+    k: list[int] | None = typer.Option(
+        None, "-k", help="Recall cut-offs; repeat the option. Default: 1, 5, 20."),
+    batch_size: int = typer.Option(8, min=1, help="Questions answered at once."),
+    seed: int = SeedOption,
+    out: Path = typer.Option(Path("runs/evaluate"), "--out", "-o",
+                             help="Folder for metrics.json, metrics.md and predictions.jsonl."),
+) -> None:
+    """Answer each task's split with the model and score every metric.
+
+    EM, token F1, BLEU, ROUGE-1/2/L and METEOR of the answers, and recall@k and
+    MRR of the model's own retrieval against the gold passages, all 0-100.
+    Writes OUT/metrics.json (settings and results), OUT/metrics.md (the table)
+    and OUT/predictions.jsonl (answers and cited passages), and prints the table.
+    Use the --seed the model was trained with, so the test split is the same.
+    """
+    from metarag.evaluation.qa import evaluate_qa, markdown_report, save_results
+    from metarag.rag.build import load_trained
+
+    started = time.perf_counter()
+    tasks = load(data, task, seed)
+    built, state = load_trained(str(checkpoint), seed=seed)
+    ks = sorted(set(k or [1, 5, 20]))
+    results = []
+    for t in tasks:
+        log.info("%s: answering the %s split", t.name, split)
+        results.append(evaluate_qa(built, t, split=split, max_examples=max_examples,
+                                   batch_size=batch_size, ks=ks, show_progress=True))
+    settings = {"checkpoint": str(checkpoint), "step": state.get("step"),
+                "data": str(data) if data else "synthetic", "tasks": [t.name for t in tasks],
+                "split": split, "max_examples": max_examples, "ks": ks, "seed": seed,
+                "model_config": state.get("model_config"),
+                "wall_seconds": time.perf_counter() - started}
+    paths = save_results(results, out, settings)
+    typer.echo(markdown_report(results))
+    typer.echo("wrote " + ", ".join(str(p) for p in paths))
