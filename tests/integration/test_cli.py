@@ -20,12 +20,12 @@ def invoke(*args: str):
 def test_help_lists_every_command():
     result = invoke("--help")
     assert result.exit_code == 0
-    for command in ("tasks", "index", "retrieve", "eval-retrieval"):
+    for command in ("tasks", "index", "retrieve", "eval-retrieval", "train", "evaluate", "ask"):
         assert command in result.output
 
 
 @pytest.mark.parametrize("command", [["tasks"], ["index", "build"], ["retrieve"],
-                                     ["eval-retrieval"]])
+                                     ["eval-retrieval"], ["train"], ["evaluate"], ["ask"]])
 def test_every_command_has_help(command):
     result = invoke(*command, "--help")
     assert result.exit_code == 0, result.output

@@ -26,7 +26,9 @@ def evaluate(
     k: list[int] | None = typer.Option(
         None, "-k", help="Recall cut-offs; repeat the option. Default: 1, 5, 20."),
     batch_size: int = typer.Option(8, min=1, help="Questions answered at once."),
-    seed: int = SeedOption,
+    seed: int | None = typer.Option(
+        None, "--seed", help="Split seed. Default: the one the checkpoint was trained with "
+        "(so its test split holds no training example), else 0."),
     out: Path = typer.Option(Path("runs/evaluate"), "--out", "-o",
                              help="Folder for metrics.json, metrics.md and predictions.jsonl."),
 ) -> None:
@@ -36,14 +38,15 @@ def evaluate(
     MRR of the model's own retrieval against the gold passages, all 0-100.
     Writes OUT/metrics.json (settings and results), OUT/metrics.md (the table)
     and OUT/predictions.jsonl (answers and cited passages), and prints the table.
-    Use the --seed the model was trained with, so the test split is the same.
     """
     from metarag.evaluation.qa import evaluate_qa, markdown_report, save_results
     from metarag.rag.build import load_trained
 
     started = time.perf_counter()
+    built, state = load_trained(str(checkpoint))
+    if seed is None:
+        seed = int(state.get("config", {}).get("data", {}).get("seed", 0))
     tasks = load(data, task, seed)
-    built, state = load_trained(str(checkpoint), seed=seed)
     ks = sorted(set(k or [1, 5, 20]))
     results = []
     for t in tasks:

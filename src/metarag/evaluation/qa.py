@@ -164,7 +164,7 @@ def answer_questions(built: BuiltModel, questions: Sequence[str], *, k: int | No
         raise ValueError("the model has no corpus to retrieve from; call "
                          "built.use_corpus(passages) first")
     # RAGModel keeps its query-side DenseEncoder private; it truncates silently.
-    warn_if_truncated(model._query_encoder, questions, "questions")
+    warn_if_truncated(model.query_encoder, questions, "questions")
     bar = None
     if show_progress:
         from tqdm.auto import tqdm

@@ -111,6 +111,11 @@ class RAGModel(nn.Module):
         self.register_buffer("passage_embeddings",
                              torch.empty(0, query_encoder.dim), persistent=False)
 
+    @property
+    def query_encoder(self) -> Any:
+        """The `DenseEncoder` wrapping ``query_model`` (tokenizer, pooling, length limit)."""
+        return self._query_encoder
+
     # ---- corpus ----------------------------------------------------------------------
 
     def set_corpus(self, passages: Sequence[Passage], embeddings: np.ndarray | torch.Tensor

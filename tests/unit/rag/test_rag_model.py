@@ -67,7 +67,7 @@ def test_training_raises_the_gold_passage_score(model):
 
     def gold_probability() -> float:
         with torch.no_grad():
-            q = model._query_encoder.embed(**model._query_encoder.tokenize(questions))
+            q = model.query_encoder.embed(**model.query_encoder.tokenize(questions))
             probs = (q @ model.passage_embeddings.T / model.config.temperature).softmax(-1)
         return probs.diagonal().mean().item()
 
@@ -116,7 +116,7 @@ def test_bad_input_is_named(model, tiny_encoder_dir):
         model(["a?", "b?"], ["a"])
     with pytest.raises(TypeError, match="list of strings"):
         model.answer("one string")
-    empty = RAGModel(model._query_encoder, model.generator)
+    empty = RAGModel(model.query_encoder, model.generator)
     with pytest.raises(ValueError, match="no corpus"):
         empty.answer(["anything?"])
     with pytest.raises(ValueError, match="embeddings"):
