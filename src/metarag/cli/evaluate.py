@@ -8,7 +8,7 @@ from pathlib import Path
 
 import typer
 
-from metarag.cli.common import DataOption, SeedOption, TaskOption, load
+from metarag.cli.common import DataOption, TaskOption, load
 
 log = logging.getLogger(__name__)
 
