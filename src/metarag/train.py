@@ -165,7 +165,7 @@ def train(config: TrainConfig, *, resume: bool = False, tasks: list[Task] | None
         raise TrainingError(f"no training examples in {', '.join(empty)}")
     built = build_model(config.model, seed=config.seed)
     model = built.model
-    corpora = {t.name: _embed(built, t, config) for t in tasks}
+    corpora = {t.name: _embed(built, t, config) for t in tasks}  # fixed passage side
 
     names = [n for n, p in model.named_parameters() if p.requires_grad]
     params = [p for p in model.parameters() if p.requires_grad]

@@ -26,6 +26,9 @@ def eval_retrieval(
     encoder: str | None = EncoderOption,
     batch_size: int = typer.Option(64, help="Passages per encoding batch."),
     seed: int = SeedOption,
+    cache_dir: Path | None = typer.Option(
+        Path("runs/cache"), help="Reuse passage embeddings saved here (keyed by encoder and "
+        "corpus); --no-cache-dir to always re-encode."),
     out: Path = typer.Option(Path("runs/eval-retrieval"), "--out", "-o",
                              help="Folder for retrieval.json and retrieval.md."),
 ) -> None:
@@ -37,6 +40,7 @@ def eval_retrieval(
     """
     from metarag.evaluation.retrieval import evaluate_retrieval, markdown_table
     from metarag.retrieval import BM25Index, DenseEncoder, DenseIndex, Retriever
+    from metarag.retrieval.cache import cached_embeddings
 
     methods = method or list(METHODS)
     bad = [m for m in methods if m not in METHODS]
@@ -50,8 +54,11 @@ def eval_retrieval(
     scores = []
     for t in tasks:
         log.info("%s: indexing %d passages", t.name, len(t.corpus))
-        dense = (DenseIndex.build(t.corpus, enc, batch_size=batch_size, show_progress=True,
-                                  language=t.language) if enc is not None else None)
+        dense = None
+        if enc is not None:
+            emb = cached_embeddings(enc, t.corpus, cache_dir, batch_size=batch_size,
+                                    show_progress=True)
+            dense = DenseIndex.from_embeddings(t.corpus, emb, encoder=enc, language=t.language)
         bm25 = (BM25Index.build(t.corpus, language=t.language)
                 if {"bm25", "hybrid"} & set(methods) else None)
         scores += evaluate_retrieval(t, Retriever(dense=dense, bm25=bm25), methods=methods,

@@ -29,6 +29,9 @@ def evaluate(
     seed: int | None = typer.Option(
         None, "--seed", help="Split seed. Default: the one the checkpoint was trained with "
         "(so its test split holds no training example), else 0."),
+    cache_dir: Path | None = typer.Option(
+        Path("runs/cache"), help="Reuse passage embeddings saved here; --no-cache-dir to "
+        "always re-encode."),
     out: Path = typer.Option(Path("runs/evaluate"), "--out", "-o",
                              help="Folder for metrics.json, metrics.md and predictions.jsonl."),
 ) -> None:
@@ -44,6 +47,7 @@ def evaluate(
 
     started = time.perf_counter()
     built, state = load_trained(str(checkpoint))
+    built.cache_dir = str(cache_dir) if cache_dir else None
     if seed is None:
         seed = int(state.get("config", {}).get("data", {}).get("seed", 0))
     tasks = load(data, task, seed)

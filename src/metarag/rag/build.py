@@ -59,16 +59,16 @@ class BuiltModel:
 
     model: RAGModel
     passage_encoder: Any  # DenseEncoder
+    cache_dir: str | None = None  # passage embeddings are reused from here
 
     def use_corpus(self, passages: Sequence[Passage], *, batch_size: int = 64,
                    show_progress: bool = False, embeddings: np.ndarray | None = None) -> None:
         """Point retrieval at a corpus, embedding it with the frozen passage encoder."""
-        from metarag.retrieval import passage_text
+        from metarag.retrieval.cache import cached_embeddings
 
         if embeddings is None:
-            embeddings = self.passage_encoder.encode([passage_text(p) for p in passages],
-                                                     batch_size=batch_size,
-                                                     show_progress=show_progress)
+            embeddings = cached_embeddings(self.passage_encoder, passages, self.cache_dir,
+                                           batch_size=batch_size, show_progress=show_progress)
         self.model.set_corpus(passages, embeddings)
 
 
