@@ -73,6 +73,25 @@ def test_evaluate_writes_metrics_table_and_predictions(setup):
     assert all(len(p["cited_passage_ids"]) == 2 and p["references"] for p in preds)
 
 
+def test_zero_shot_evaluates_the_untrained_model_of_a_config(setup, tiny_encoder_dir):
+    config = setup["root"] / "zero.yaml"
+    config.write_text(f"model:\n  encoder: {tiny_encoder_dir}\n  generator: tiny\n"
+                      "  max_source_length: 48\n  max_target_length: 12\n"
+                      "  rag:\n    k: 2\n    max_new_tokens: 3\n")
+    out = setup["root"] / "zero"
+    result = runner.invoke(app, ["evaluate", "--zero-shot", str(config), "--data",
+                                 str(setup["task"]), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    report = json.loads((out / "metrics.json").read_text())
+    assert report["settings"]["step"] == 0
+    assert report["settings"]["checkpoint"].startswith("zero-shot")
+    assert report["results"][0]["n"] == 2
+
+    both = runner.invoke(app, ["evaluate", "--zero-shot", str(config), "--checkpoint",
+                               str(setup["root"] / "run"), "--data", str(setup["task"])])
+    assert both.exit_code != 0 and "exactly one" in both.output
+
+
 def test_ask_prints_the_answer_and_its_citations(setup):
     args = ["ask", "--checkpoint", str(setup["checkpoint"]), "--index", str(setup["index"])]
     result = runner.invoke(app, [*args, "-k", "3", "--json", "Who chairs the audit committee?"])

@@ -14,9 +14,13 @@ log = logging.getLogger(__name__)
 
 
 def evaluate(
-    checkpoint: Path = typer.Option(
-        ..., "--checkpoint", "-c", exists=True, file_okay=False,
+    checkpoint: Path | None = typer.Option(
+        None, "--checkpoint", "-c", exists=True, file_okay=False,
         help="A checkpoint folder, or a run folder (its latest checkpoint)."),
+    zero_shot: Path | None = typer.Option(
+        None, "--zero-shot", exists=True, dir_okay=False,
+        help="Instead of a checkpoint: a train config (YAML) whose untrained model is "
+        "evaluated, the zero-shot baseline."),
     data: Path | None = DataOption,
     task: list[str] | None = TaskOption,
     split: str = typer.Option("test", help="QA split to answer: train, dev or test."),
@@ -37,16 +41,31 @@ def evaluate(
 ) -> None:
     """Answer each task's split with the model and score every metric.
 
-    EM, token F1, BLEU, ROUGE-1/2/L and METEOR of the answers, and recall@k and
-    MRR of the model's own retrieval against the gold passages, all 0-100.
+    Give --checkpoint for a trained model, or --zero-shot CONFIG for the untrained
+    model a training config starts from. EM, token F1, BLEU, ROUGE-1/2/L and
+    METEOR of the answers, and recall@k and MRR of the model's own retrieval
+    against the gold passages, all 0-100.
     Writes OUT/metrics.json (settings and results), OUT/metrics.md (the table)
     and OUT/predictions.jsonl (answers and cited passages), and prints the table.
     """
     from metarag.evaluation.qa import evaluate_qa, markdown_report, save_results
-    from metarag.rag.build import load_trained
+    from metarag.rag.build import build_model, load_trained
 
+    if (checkpoint is None) == (zero_shot is None):
+        raise typer.BadParameter("give exactly one of --checkpoint and --zero-shot")
     started = time.perf_counter()
-    built, state = load_trained(str(checkpoint))
+    if checkpoint is not None:
+        built, state = load_trained(str(checkpoint))
+    else:
+        from dataclasses import asdict
+
+        from metarag.config import load_config
+        from metarag.train import TrainConfig
+
+        cfg = load_config(TrainConfig, zero_shot)
+        built = build_model(cfg.model, seed=cfg.seed)
+        built.model.eval()
+        state = {"step": 0, "config": asdict(cfg), "model_config": asdict(cfg.model)}
     built.cache_dir = str(cache_dir) if cache_dir else None
     if seed is None:
         seed = int(state.get("config", {}).get("data", {}).get("seed", 0))
@@ -57,7 +76,8 @@ def evaluate(
         log.info("%s: answering the %s split", t.name, split)
         results.append(evaluate_qa(built, t, split=split, max_examples=max_examples,
                                    batch_size=batch_size, ks=ks, show_progress=True))
-    settings = {"checkpoint": str(checkpoint), "step": state.get("step"),
+    source = str(checkpoint) if checkpoint else f"zero-shot ({zero_shot})"
+    settings = {"checkpoint": source, "step": state.get("step"),
                 "data": str(data) if data else "synthetic", "tasks": [t.name for t in tasks],
                 "split": split, "max_examples": max_examples, "ks": ks, "seed": seed,
                 "model_config": state.get("model_config"),
