@@ -27,7 +27,8 @@ test: $(STAMP)
 	$(PY) -m pytest -q
 
 test-slow: $(STAMP)
-	$(PY) -m pytest -q -m slow
+	# exit 5 = no test carries the marker yet
+	$(PY) -m pytest -q -m slow || [ $$? -eq 5 ]
 
 test-all: $(STAMP)
 	$(PY) -m pytest -q -m ""
