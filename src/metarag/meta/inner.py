@@ -1,0 +1,183 @@
+"""The inner loop: a few gradient steps on a support set, written functionally.
+
+    theta_{t+1} = theta_t - alpha * grad L_support(theta_t),   t = 0 .. steps-1
+
+(Finn et al. 2017, "Model-Agnostic Meta-Learning for Fast Adaptation of Deep
+Networks", eq. 1; alpha is a scalar, or a tensor per parameter for Meta-SGD,
+Li et al. 2017.) Every step returns new tensors: the module and the caller's dict
+are never touched. With ``first_order=False`` the steps stay on the autograd
+graph (``create_graph=True``), so a query loss at the adapted parameters can be
+differentiated back to the starting ones through every step (second-order MAML);
+with ``first_order=True`` each step's gradient is a constant and only the identity
+path remains (FOMAML, Reptile, test-time adaptation).
+
+The same function serves meta-training and test-time adaptation; it is testable
+on any differentiable function, and on a `RAGModel` through `rag_loss_fn`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from metarag.data.schema import QAExample
+from metarag.errors import MetaRAGError
+from metarag.meta.params import Params, call_with
+
+LossFn = Callable[[Params, Any], Tensor]
+"""``loss_fn(params, batch) -> scalar loss``; ``params`` holds only the adapted weights."""
+
+LearningRate = float | Mapping[str, Tensor]
+"""A scalar step size, or one tensor per parameter (scalar or the parameter's shape)."""
+
+
+class NonFiniteLossError(MetaRAGError, FloatingPointError):
+    """A support or query loss became NaN or infinite during meta-learning."""
+
+
+@dataclass(frozen=True)
+class Batch:
+    """Questions and the answer each is trained towards, as `RAGModel.forward` takes them."""
+
+    questions: list[str]
+    answers: list[str]
+
+    @classmethod
+    def from_examples(cls, examples: Sequence[QAExample]) -> Batch:
+        """Batch QA examples, training on each example's first reference answer.
+
+        Raises:
+            ValueError: No examples, or an example without answers.
+        """
+        if not examples:
+            raise ValueError("cannot make a batch from no examples (is the episode's support "
+                             "or query set empty?)")
+        missing = [e.id for e in examples if not e.answers]
+        if missing:
+            raise ValueError(f"examples {missing[:5]} have no reference answer to train on")
+        return cls([e.question for e in examples], [e.answers[0] for e in examples])
+
+    def __len__(self) -> int:
+        return len(self.questions)
+
+
+def as_batch(data: Batch | Sequence[QAExample]) -> Batch:
+    """A `Batch` as it is, or a list of `QAExample` batched with `Batch.from_examples`."""
+    return data if isinstance(data, Batch) else Batch.from_examples(data)
+
+
+def rag_loss_fn(model: nn.Module, frozen: Mapping[str, Tensor]) -> LossFn:
+    """The loss function of a `RAGModel` over its adapted parameters.
+
+    Args:
+        model: The RAG model (only read; ``functional_call`` swaps weights in).
+        frozen: The parameters that are not adapted, from `split_params`.
+
+    Returns:
+        ``loss_fn(params, data)`` with ``data`` a `Batch` or a list of `QAExample`
+        (an episode's support or query set): the model's mean per-token marginal NLL.
+    """
+    def loss_fn(params: Params, data: Batch | Sequence[QAExample]) -> Tensor:
+        batch = as_batch(data)
+        return call_with(model, params, frozen, batch.questions, batch.answers).loss
+
+    return loss_fn
+
+
+def check_loss(loss: Tensor, where: str) -> None:
+    """Raise unless ``loss`` is a finite scalar; ``where`` names the step for the message."""
+    if not isinstance(loss, Tensor) or loss.dim() != 0:
+        shape = tuple(loss.shape) if isinstance(loss, Tensor) else type(loss).__name__
+        raise ValueError(f"{where}: loss_fn must return a scalar tensor, got {shape}")
+    if not bool(torch.isfinite(loss)):
+        raise NonFiniteLossError(f"{where}: the loss is {loss.item()}. Lower the inner learning "
+                                 "rate, clip the outer gradients, or check the examples of this "
+                                 "task (e.g. empty answers)")
+
+
+def _check_lr(lr: LearningRate, params: Mapping[str, Tensor]) -> None:
+    if isinstance(lr, Mapping):
+        missing = [k for k in params if k not in lr]
+        extra = [k for k in lr if k not in params]
+        if missing or extra:
+            raise ValueError(f"per-parameter learning rates must have exactly the adapted "
+                             f"parameters' names: {len(missing)} missing (e.g. "
+                             f"{missing[:1]}), {len(extra)} extra (e.g. {extra[:1]})")
+        for k, rate in lr.items():
+            if rate.dim() != 0 and rate.shape != params[k].shape:
+                raise ValueError(f"learning rate for {k!r} has shape {tuple(rate.shape)}; it "
+                                 f"must be a scalar or the parameter's {tuple(params[k].shape)}")
+    elif not (isinstance(lr, int | float) and math.isfinite(lr) and lr >= 0):
+        raise ValueError(f"inner learning rate must be a finite number >= 0 or a dict of "
+                         f"tensors, got {lr!r}")
+
+
+def inner_loop(
+    loss_fn: LossFn,
+    params: Mapping[str, Tensor],
+    support: Any,
+    *,
+    steps: int,
+    lr: LearningRate,
+    first_order: bool,
+    on_step: Callable[[int, Tensor], None] | None = None,
+) -> Params:
+    """Adapt ``params`` by ``steps`` full-batch gradient steps on ``support``.
+
+    Args:
+        loss_fn: ``loss_fn(params, support) -> scalar``.
+        params: The weights to adapt. Tensors that do not require grad (e.g.
+            detached weights at test time) are adapted from a fresh alias; the
+            caller's tensors are never modified.
+        support: Whatever ``loss_fn`` takes, passed unchanged at every step.
+        steps: Number of gradient steps; 0 returns the parameters as they are.
+        lr: Step size alpha: a number, or per-parameter tensors (Meta-SGD), which
+            may require grad so that the outer loss learns them.
+        first_order: Drop the second-order terms: gradients are constants
+            (``create_graph=False``). Cheaper; what FOMAML, Reptile and test-time
+            adaptation use.
+        on_step: Called as ``on_step(step, loss)`` with the 1-based step number and
+            the detached support loss *before* that step's update.
+
+    Returns:
+        A new dict of adapted tensors with the same names. Parameters the loss
+        does not depend on come back unchanged.
+
+    Raises:
+        NonFiniteLossError: The support loss is NaN or infinite; the message names the step.
+        ValueError: Bad ``steps`` or ``lr``, or a loss that does not depend on ``params``.
+    """
+    if steps < 0:
+        raise ValueError(f"inner steps must be >= 0, got {steps}")
+    _check_lr(lr, params)
+    if steps == 0:
+        return dict(params)
+    names = list(params)
+    # Autograd needs leaves that require grad; aliasing keeps the caller's flags untouched.
+    current = {k: v if v.requires_grad else v.detach().requires_grad_() for k, v in params.items()}
+    # Test-time adaptation may be called from evaluation code running under no_grad.
+    with torch.enable_grad():
+        for step in range(1, steps + 1):
+            loss = loss_fn(current, support)
+            check_loss(loss, f"inner step {step} of {steps}")
+            if not loss.requires_grad:
+                raise ValueError(f"inner step {step}: the support loss does not depend on the "
+                                 "adapted parameters; does loss_fn use the params it is given?")
+            if on_step is not None:
+                on_step(step, loss.detach())
+            grads = torch.autograd.grad(loss, [current[k] for k in names],
+                                        create_graph=not first_order, allow_unused=True)
+            current = {
+                k: current[k] if g is None else current[k] - _rate(lr, k) * g
+                for k, g in zip(names, grads)
+            }
+    return current
+
+
+def _rate(lr: LearningRate, name: str) -> float | Tensor:
+    return lr[name] if isinstance(lr, Mapping) else lr
