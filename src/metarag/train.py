@@ -64,9 +64,15 @@ class DataConfig:
 
 @dataclass
 class OptimConfig:
-    """AdamW with linear warm-up then linear decay to zero."""
+    """AdamW with linear warm-up then linear decay to zero.
+
+    ``retriever_lr`` is the query encoder's own rate: a pretrained retriever
+    driven at the generator's rate collapses onto a few passages within a few
+    hundred steps (measured: xquad recall@5 fell from 100 to 20 at 2e-4).
+    """
 
     lr: float = 5e-5
+    retriever_lr: float = 1e-5
     weight_decay: float = 0.01
     warmup_steps: int = 20
     steps: int = 200
@@ -76,8 +82,9 @@ class OptimConfig:
     def __post_init__(self) -> None:
         if self.steps < 1 or self.batch_size < 1:
             raise ValueError("steps and batch_size must be >= 1")
-        if not self.lr > 0:
-            raise ValueError(f"lr must be positive, got {self.lr}")
+        if not self.lr > 0 or not self.retriever_lr >= 0:
+            raise ValueError(f"lr must be positive and retriever_lr non-negative, got "
+                             f"{self.lr} and {self.retriever_lr}")
 
 
 @dataclass
@@ -167,10 +174,16 @@ def train(config: TrainConfig, *, resume: bool = False, tasks: list[Task] | None
     model = built.model
     corpora = {t.name: _embed(built, t, config) for t in tasks}  # fixed passage side
 
-    names = [n for n, p in model.named_parameters() if p.requires_grad]
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=config.optim.lr,
-                                  weight_decay=config.optim.weight_decay)
+    trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    # Query encoder first, generator second: two groups with their own base rates.
+    trainable.sort(key=lambda item: not item[0].startswith("query_model."))
+    names = [n for n, _ in trainable]
+    params = [p for _, p in trainable]
+    n_query = sum(n.startswith("query_model.") for n in names)
+    base_lrs = [config.optim.retriever_lr, config.optim.lr]
+    optimizer = torch.optim.AdamW(
+        [{"params": params[:n_query]}, {"params": params[n_query:]}],
+        lr=config.optim.lr, weight_decay=config.optim.weight_decay)
 
     start = 0
     if resume:
@@ -203,9 +216,10 @@ def train(config: TrainConfig, *, resume: bool = False, tasks: list[Task] | None
                disable=not show_progress)
     for step in bar:
         # The LR is a function of the step alone (no scheduler state to resume).
-        lr = config.optim.lr * lr_factor(step, config.optim.warmup_steps, config.optim.steps)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
+        factor = lr_factor(step, config.optim.warmup_steps, config.optim.steps)
+        for group, base in zip(optimizer.param_groups, base_lrs):
+            group["lr"] = base * factor
+        lr = config.optim.lr * factor
         t, batch = batch_for_step(tasks, step, config.optim.batch_size, config.seed)
         task = tasks[t]
         model.set_corpus(task.corpus, corpora[task.name])
