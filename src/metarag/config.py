@@ -127,6 +127,12 @@ def _convert(hint: Any, value: Any, source: str, key: str) -> Any:
         return tuple(items) if origin is tuple or hint is tuple else items
     if hint is float and isinstance(value, int | float) and not isinstance(value, bool):
         return float(value)
+    if hint is float and isinstance(value, str):
+        # YAML 1.1 reads "3e-4" (no dot) as a string; users mean the number.
+        try:
+            return float(value)
+        except ValueError:
+            raise ConfigError(f"{source}: {key} must be float, got {value!r}") from None
     if hint in (int, float, str, bool) and not isinstance(value, hint):
         if hint is str and isinstance(value, int | float):
             return str(value)

@@ -32,6 +32,7 @@ def test_defaults_file_and_overrides(tmp_path):
 
 
 def test_ints_become_floats_and_single_values_lists():
+    assert load_config(Experiment, None, ["optim.lr=3e-4"]).optim.lr == 3e-4  # YAML: a str
     cfg = load_config(Experiment, None, ["optim.lr=1", "tasks=solo"])
     assert cfg.optim.lr == 1.0 and isinstance(cfg.optim.lr, float)
     assert cfg.tasks == ["solo"]
