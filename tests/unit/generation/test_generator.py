@@ -251,3 +251,27 @@ def test_minilm_bert2bert_from_pretrained(capfd: pytest.CaptureFixture[str],
     with torch.no_grad():
         ll = gen(**gen.tokenize(SOURCES, TARGETS))
     assert torch.isfinite(ll).all() and (ll <= 0).all()
+
+
+@pytest.mark.parametrize("kind", ["bert2bert", "gpt2"])
+def test_generator_conditions_on_its_source(kind):
+    """Four sources with four different answers: a model that ignored its input
+    (e.g. cross-attention not wired) could learn at most one of them."""
+    import torch
+
+    gen = Generator.tiny(kind, seed=0)
+    gen.train()
+    sources = ["question: what colour context: the sky is blue",
+               "question: what animal context: the pet is a dog",
+               "question: what city context: she lives in paris",
+               "question: what fruit context: he ate a pear"]
+    targets = ["blue", "dog", "paris", "pear"]
+    batch = gen.tokenize(sources, targets)
+    optimizer = torch.optim.Adam(gen.parameters(), lr=3e-3)
+    for _ in range(150):
+        loss = gen.loss(batch)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    gen.eval()
+    assert gen.generate(sources, max_new_tokens=4) == targets
