@@ -8,8 +8,10 @@ do not fit, with the differences named.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -19,6 +21,7 @@ from metarag.checkpoint import Checkpoint, CheckpointError
 from metarag.data.schema import Passage
 from metarag.rag.model import RAGConfig, RAGModel
 
+logger = logging.getLogger(__name__)
 TINY = "tiny"
 
 
@@ -70,6 +73,39 @@ class BuiltModel:
             embeddings = cached_embeddings(self.passage_encoder, passages, self.cache_dir,
                                            batch_size=batch_size, show_progress=show_progress)
         self.model.set_corpus(passages, embeddings)
+
+    def use_index(self, directory: str | Path, *, model_name: str = "the model") -> None:
+        """Point retrieval at a saved index's passages, reusing its stored vectors.
+
+        The vectors are read back from FAISS when the index kind allows it;
+        otherwise the passages are re-encoded with the passage encoder.
+
+        Raises:
+            IndexMismatchError: The index was built with another encoder than this
+                model's passage encoder (its vectors would not match the queries).
+        """
+        from metarag.data.io import read_json
+        from metarag.errors import IndexMismatchError
+        from metarag.retrieval import DenseIndex
+        from metarag.retrieval.index import META_FILE
+
+        directory = Path(directory)
+        try:
+            dense = DenseIndex.load(directory, encoder=self.passage_encoder)
+        except IndexMismatchError:
+            recorded = read_json(directory / META_FILE).get("encoder") or {}
+            mine = self.passage_encoder.identity()
+            raise IndexMismatchError(
+                f"index {directory} was built with encoder {recorded.get('name_or_path')!r} "
+                f"(fingerprint {str(recorded.get('fingerprint'))[:12]}), but {model_name} embeds "
+                f"passages with {mine['name_or_path']!r} (fingerprint {mine['fingerprint'][:12]}),"
+                " so its vectors would not match the model's questions. Rebuild the index with "
+                f"the model's encoder: metarag index build <task> --out <folder> --encoder "
+                f"{mine['name_or_path']}") from None
+        if dense.encoder_identity is None:
+            logger.warning("index %s records no encoder; assuming its vectors come from the "
+                           "model's passage encoder", directory)
+        self.use_corpus(dense.passages, embeddings=dense.stored_embeddings(), show_progress=True)
 
 
 def build_model(config: ModelConfig, *, seed: int = 0) -> BuiltModel:

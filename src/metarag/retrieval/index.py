@@ -26,6 +26,7 @@ name and renamed into place, ``index.json`` last:
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 from collections.abc import Sequence
@@ -39,6 +40,8 @@ from metarag.data.schema import Passage
 from metarag.errors import DataError, IndexMismatchError
 from metarag.retrieval.hits import Hits
 from metarag.retrieval.passages import check_passages, passage_text, read_passages, write_passages
+
+logger = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from metarag.retrieval.encoder import DenseEncoder
@@ -230,6 +233,20 @@ class DenseIndex:
         if self.kind == "hnsw":
             return {"M": HNSW_M, "ef_search": int(self.index.hnsw.efSearch)}
         return {}
+
+    def stored_embeddings(self) -> np.ndarray | None:
+        """The (N, D) passage vectors the FAISS index holds, or None if it cannot return them."""
+        import faiss
+
+        try:
+            if self.kind == "ivf":
+                # IVF lists are keyed by bucket; reconstruction needs the id -> slot map.
+                faiss.extract_index_ivf(self.index).make_direct_map()
+            return self.index.reconstruct_n(0, len(self))
+        except RuntimeError as err:
+            first = str(err).strip().splitlines()[0] if str(err).strip() else repr(err)
+            logger.info("the %s index cannot return its vectors (%s)", self.kind, first)
+            return None
 
     # ---- persistence --------------------------------------------------------------
 

@@ -184,3 +184,18 @@ def test_corrupt_passages_are_named(saved: Path, tiny_encoder: DenseEncoder) -> 
 def test_missing_directory(tmp_path: Path) -> None:
     with pytest.raises(DataError, match="index directory not found"):
         DenseIndex.load(tmp_path / "absent")
+
+
+@pytest.mark.parametrize("kind", ["flat", "hnsw", "ivf"])
+def test_stored_embeddings_come_back_exactly(kind):
+    import numpy as np
+
+    from metarag.data.schema import Passage
+    from metarag.retrieval import DenseIndex
+
+    rng = np.random.default_rng(0)
+    emb = rng.standard_normal((400, 8)).astype("float32")
+    emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+    passages = [Passage(f"p{i}", f"text {i}") for i in range(400)]
+    index = DenseIndex.from_embeddings(passages, emb, kind=kind)
+    np.testing.assert_array_equal(index.stored_embeddings(), emb)
