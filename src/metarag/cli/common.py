@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
+
+if TYPE_CHECKING:
+    from metarag.data.schema import Task
 
 DATA_HELP = ("Folder of task folders (e.g. ../shared/data), or one task folder. "
              "Without it: the embedded synthetic suite.")
@@ -27,7 +31,8 @@ def format_table(header: list[str], rows: list[list[object]]) -> str:
     return "\n".join(lines)
 
 
-def load(data: Path | None, names: list[str] | None, seed: int):
+def load(data: Path | None, names: list[str] | None, seed: int) -> list[Task]:
+    """The tasks a command works on: --data/--task as the user gave them."""
     from metarag.data.loaders import load_tasks
 
     return load_tasks(data, names or None, seed=seed)
