@@ -172,7 +172,8 @@ def train(config: TrainConfig, *, resume: bool = False, tasks: list[Task] | None
         raise TrainingError(f"no training examples in {', '.join(empty)}")
     built = build_model(config.model, seed=config.seed)
     model = built.model
-    corpora = {t.name: _embed(built, t, config) for t in tasks}  # fixed passage side
+    # The passage side is frozen: embed each corpus once.
+    corpora = {t.name: embed_corpus(built, t, config.cache_dir) for t in tasks}
 
     trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     # Query encoder first, generator second: two groups with their own base rates.
@@ -203,7 +204,7 @@ def train(config: TrainConfig, *, resume: bool = False, tasks: list[Task] | None
         raise TrainingError(f"{out} already holds a run; pass --resume to continue it, "
                             "or choose another --out")
     save_config(config, out / "config.yaml")
-    log = _Log(out, start, tensorboard=config.tensorboard)
+    log = RunLog(out, start, tensorboard=config.tensorboard)
 
     end = config.optim.steps if stop_after is None else min(config.optim.steps,
                                                             start + stop_after)
@@ -288,15 +289,16 @@ def dev_losses(built: BuiltModel, tasks: list[Task], corpora: dict[str, Any],
     return losses
 
 
-def _embed(built: BuiltModel, task: Task, config: TrainConfig) -> Any:
+def embed_corpus(built: BuiltModel, task: Task, cache_dir: str | None) -> Any:
+    """The task's passage embeddings from the frozen passage encoder (cached on disk)."""
     from metarag.retrieval.cache import cached_embeddings
 
     logger.info("%s: embedding %d passages", task.name, len(task.corpus))
-    return cached_embeddings(built.passage_encoder, task.corpus, config.cache_dir,
+    return cached_embeddings(built.passage_encoder, task.corpus, cache_dir,
                              show_progress=True)
 
 
-class _Log:
+class RunLog:
     """JSONL log (and TensorBoard scalars); on resume, entries past the resume step go."""
 
     def __init__(self, out: Path, start: int, *, tensorboard: bool) -> None:

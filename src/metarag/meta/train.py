@@ -1,0 +1,351 @@
+"""Meta-training: learn an initialisation that adapts to a new domain in a few steps.
+
+The loop reads top to bottom: draw a meta-batch of episodes (support + query
+sets, each from one domain) -> one meta-step of the chosen algorithm (MAML,
+first-order MAML, Reptile, Meta-SGD) -> skip it if a loss is not finite ->
+clip -> Adam step on the meta-parameters -> log -> meta-validation (adapt on
+dev support sets, score the dev query sets) -> checkpoint.
+
+The meta-parameters are the weights the inner loop adapts (``inner.params``);
+the rest keeps its pretrained values. Test-time adaptation (`metarag.meta.adapt`)
+uses the same ``inner`` settings, so what is meta-trained is what is adapted.
+
+Exact resume: episodes come from a `MetaBatchSampler` whose state is its seed
+and a counter; the checkpoint holds that, the weights, Adam's moments, the
+learned inner rates (Meta-SGD) and every RNG. The model runs in eval mode (no
+dropout), so a resumed run repeats an uninterrupted one step for step.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from metarag.checkpoint import (
+    latest_checkpoint,
+    load_checkpoint,
+    restore_optimizer,
+    restore_rng,
+    save_checkpoint,
+)
+from metarag.config import save_config
+from metarag.data.episodes import Episode, MetaBatchSampler
+from metarag.data.schema import Task
+from metarag.meta.adapt import AdaptConfig, adapted_names
+from metarag.meta.algorithms import maml_step, meta_sgd_lrs, reptile_step, set_grads
+from metarag.meta.inner import Batch, LearningRate, NonFiniteLossError, inner_loop
+from metarag.meta.params import Params, call_with, split_params
+from metarag.rag.build import AUX_PREFIX, MODEL_CONFIG_KEY, ModelConfig, build_model, load_weights
+from metarag.rag.model import RAGModel
+from metarag.train import DataConfig, RunLog, TrainingError, embed_corpus, lr_factor
+
+ALGORITHMS = ("maml", "fomaml", "reptile", "meta_sgd")
+LEARNED_LR_PREFIX = AUX_PREFIX + "inner_lr."
+
+
+@dataclass
+class MetaOptimConfig:
+    """The outer loop.
+
+    Attributes:
+        algorithm: "maml" (second order), "fomaml", "reptile" or "meta_sgd".
+        meta_batch: Episodes (tasks) per meta-step.
+        n_shot, n_query: Support and query examples per episode.
+        outer_lr: Adam's rate for the meta-parameters (and Meta-SGD's rates).
+        warmup_steps, steps: Linear warm-up, then linear decay to 0 at ``steps``.
+        grad_clip: Max global norm of the meta-gradient.
+    """
+
+    algorithm: str = "fomaml"
+    meta_batch: int = 4
+    n_shot: int = 8
+    n_query: int = 8
+    outer_lr: float = 1e-4
+    warmup_steps: int = 10
+    steps: int = 100
+    grad_clip: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.algorithm not in ALGORITHMS:
+            raise ValueError(f"meta.algorithm must be one of {', '.join(ALGORITHMS)}, "
+                             f"got {self.algorithm!r}")
+        if min(self.meta_batch, self.n_shot, self.n_query, self.steps) < 1:
+            raise ValueError("meta.meta_batch, n_shot, n_query and steps must be >= 1")
+        if not self.outer_lr > 0:
+            raise ValueError(f"meta.outer_lr must be positive, got {self.outer_lr}")
+
+
+@dataclass
+class MetaTrainConfig:
+    """A whole meta-training run; saved as config.yaml in the run folder."""
+
+    out: str = "runs/meta-train"
+    seed: int = 0
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    inner: AdaptConfig = field(default_factory=lambda: AdaptConfig(steps=1, batch_size=None))
+    meta: MetaOptimConfig = field(default_factory=MetaOptimConfig)
+    eval_every: int = 25
+    val_episodes: int = 1
+    checkpoint_every: int = 25
+    log_every: int = 5
+    keep_checkpoints: int = 2
+    max_bad_steps: int = 5
+    tensorboard: bool = True
+    cache_dir: str | None = "runs/cache"
+
+    def __post_init__(self) -> None:
+        for name in ("eval_every", "checkpoint_every", "log_every", "max_bad_steps"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.val_episodes < 0:
+            raise ValueError(f"val_episodes must be >= 0, got {self.val_episodes}")
+
+
+@dataclass
+class MetaTrainResult:
+    out: Path
+    step: int
+    last_loss: float
+    validation: dict[str, float]
+    skipped_steps: list[int]
+    seconds: float
+
+
+@dataclass(frozen=True)
+class _TaskData:
+    """An episode's support or query set together with the task whose corpus it retrieves from."""
+
+    task: str
+    batch: Batch
+
+
+class _CorpusSwitch:
+    """Points the model at the right task's corpus before each loss (a no-op if it already is)."""
+
+    def __init__(self, model: RAGModel, tasks: Sequence[Task], corpora: Mapping[str, Any]) -> None:
+        self.model = model
+        self.passages = {t.name: t.corpus for t in tasks}
+        self.corpora = corpora
+        self.current: str | None = None
+
+    def use(self, task: str) -> None:
+        if task != self.current:
+            self.model.set_corpus(self.passages[task], self.corpora[task])
+            self.current = task
+
+
+def _loss_fn(model: RAGModel, frozen: Params, corpus: _CorpusSwitch):
+    def loss_fn(params: Params, data: _TaskData) -> Tensor:
+        corpus.use(data.task)
+        return call_with(model, params, frozen, data.batch.questions, data.batch.answers).loss
+
+    return loss_fn
+
+
+@dataclass(frozen=True)
+class _Episode:
+    support: _TaskData
+    query: _TaskData
+    task_name: str
+
+
+def _wrap(episode: Episode) -> _Episode:
+    name = episode.task_name
+    return _Episode(_TaskData(name, Batch.from_examples(episode.support)),
+                    _TaskData(name, Batch.from_examples(episode.query)), name)
+
+
+def meta_train(config: MetaTrainConfig, *, resume: bool = False, tasks: list[Task] | None = None,
+               stop_after: int | None = None, show_progress: bool = True) -> MetaTrainResult:
+    """Meta-train (or resume) a run; see the module docstring for the loop.
+
+    Args:
+        config: The run's configuration.
+        resume: Continue from the newest checkpoint in ``config.out`` (it must exist).
+        tasks: Already-loaded meta-training tasks (else loaded from ``config.data``).
+        stop_after: Stop after this many meta-steps of *this* invocation; resume later.
+        show_progress: A progress bar with loss and ETA.
+    """
+    from tqdm.auto import tqdm
+
+    from metarag.data.loaders import load_tasks
+
+    started = time.perf_counter()
+    out = Path(config.out)
+    torch.manual_seed(config.seed)
+    random.seed(config.seed)
+    np.random.seed(config.seed % 2**32)
+    if tasks is None:
+        tasks = load_tasks(config.data.data, config.data.tasks or None, seed=config.data.seed,
+                           max_tokens=config.data.max_tokens, overlap=config.data.overlap)
+    meta = config.meta
+    sampler = MetaBatchSampler(tasks, n_shot=meta.n_shot, n_query=meta.n_query,
+                               meta_batch_size=meta.meta_batch, seed=config.seed)
+    built = build_model(config.model, seed=config.seed)
+    model = built.model
+    model.eval()  # no dropout: deterministic steps, as at adaptation time
+    corpora = {t.name: embed_corpus(built, t, config.cache_dir) for t in tasks}
+    switch = _CorpusSwitch(model, tasks, corpora)
+
+    names = adapted_names(model, config.inner)
+    meta_params, frozen = split_params(model, names)
+    for p in model.parameters():  # only the meta-parameters learn
+        p.requires_grad_(False)
+    for p in meta_params.values():
+        p.requires_grad_(True)
+    loss_fn = _loss_fn(model, frozen, switch)
+    rates = meta_sgd_lrs(meta_params, config.inner.lr) if meta.algorithm == "meta_sgd" else None
+    opt_params = {**meta_params, **({LEARNED_LR_PREFIX + k: v for k, v in rates.items()}
+                                    if rates else {})}
+    optimizer = torch.optim.Adam(list(opt_params.values()), lr=meta.outer_lr)
+
+    start = 0
+    if resume:
+        ckpt_path = latest_checkpoint(out)
+        if ckpt_path is None:
+            raise TrainingError(f"--resume: no checkpoint in {out}; start without --resume")
+        ckpt = load_checkpoint(ckpt_path)
+        if ckpt.state.get(MODEL_CONFIG_KEY) != asdict(config.model):
+            raise TrainingError(f"{ckpt_path}: was trained with another model config; "
+                                "resume with the run's own config.yaml")
+        load_weights(model, ckpt)
+        if rates is not None:
+            with torch.no_grad():
+                for k, v in rates.items():
+                    v.copy_(ckpt.model[LEARNED_LR_PREFIX + k])
+        restore_optimizer(optimizer, ckpt, list(opt_params))
+        sampler.load_state_dict(ckpt.state["sampler"])
+        start = int(ckpt.state["step"])
+        restore_rng(ckpt)
+    elif latest_checkpoint(out) is not None:
+        raise TrainingError(f"{out} already holds a run; pass --resume to continue it, "
+                            "or choose another --out")
+    save_config(config, out / "config.yaml")
+    log = RunLog(out, start, tensorboard=config.tensorboard)
+    val_episodes = _validation_episodes(tasks, config)
+
+    end = meta.steps if stop_after is None else min(meta.steps, start + stop_after)
+    bad: list[int] = []
+    skipped: list[int] = []
+    loss_value = float("nan")
+    validation: dict[str, float] = {}
+    bar = tqdm(range(start, end), initial=start, total=meta.steps, desc=f"meta-train "
+               f"({meta.algorithm})", disable=not show_progress)
+    for step in bar:
+        for group in optimizer.param_groups:
+            group["lr"] = meta.outer_lr * lr_factor(step, meta.warmup_steps, meta.steps)
+        episodes = [_wrap(e) for e in sampler.sample()]
+        try:
+            result = _meta_step(meta.algorithm, loss_fn, meta_params, episodes, config.inner,
+                                rates)
+        except NonFiniteLossError as err:
+            bad.append(step)
+            skipped.append(step)
+            log.write({"step": step, "event": "skipped", "reason": str(err)})
+            if len(bad) >= config.max_bad_steps:
+                raise TrainingError(
+                    f"a loss was not finite for {len(bad)} meta-steps in a row (steps "
+                    f"{bad[0]}-{bad[-1]}; last: {err}); stopping. Last good checkpoint: "
+                    f"{latest_checkpoint(out) or 'none'}. Lower inner.lr or meta.outer_lr, "
+                    "then resume from it with --resume.") from err
+            continue
+        bad.clear()
+        optimizer.zero_grad(set_to_none=True)
+        set_grads(meta_params, result.grads)
+        if rates is not None and result.lr_grads:
+            set_grads(rates, result.lr_grads)
+        grad_norm = torch.nn.utils.clip_grad_norm_(list(opt_params.values()),
+                                                   meta.grad_clip).item()
+        if not math.isfinite(grad_norm):
+            skipped.append(step)
+            log.write({"step": step, "event": "skipped", "reason": "non-finite gradient"})
+            continue
+        optimizer.step()
+        done = step + 1
+        loss_value = result.loss if result.loss is not None else float("nan")
+        if done % config.log_every == 0 or done == end:
+            log.write({"step": done, "query_loss": result.loss,
+                       "support_loss": result.support_loss, "grad_norm": grad_norm,
+                       "lr": optimizer.param_groups[0]["lr"],
+                       "tasks": [t.task_name for t in result.tasks],
+                       "seconds": time.perf_counter() - started})
+        bar.set_postfix(query=f"{loss_value:.3f}", support=f"{result.support_loss or 0:.3f}")
+        if val_episodes and (done % config.eval_every == 0 or done == meta.steps):
+            validation = meta_validate(loss_fn, meta_params, val_episodes, config.inner, rates)
+            log.write({"step": done, **{f"val/{k}": v for k, v in validation.items()}})
+        if done % config.checkpoint_every == 0 or done == end:
+            weights = {k: v for k, v in model.state_dict().items()}
+            if rates is not None:
+                weights.update({LEARNED_LR_PREFIX + k: v.detach() for k, v in rates.items()})
+            save_checkpoint(out, done, model=weights, optimizer=optimizer,
+                            param_names=list(opt_params), keep=config.keep_checkpoints,
+                            state={MODEL_CONFIG_KEY: asdict(config.model),
+                                   "config": asdict(config), "sampler": sampler.state_dict(),
+                                   "validation": validation, "kind": "meta-train",
+                                   "tasks": [t.name for t in tasks]})
+    log.close()
+    return MetaTrainResult(out, end, loss_value, validation, skipped,
+                           time.perf_counter() - started)
+
+
+def _meta_step(algorithm: str, loss_fn, meta_params: Params, episodes: list[_Episode],
+               inner: AdaptConfig, rates: Params | None):
+    if algorithm == "reptile":
+        return reptile_step(loss_fn, meta_params, episodes, inner_steps=max(1, inner.steps),
+                            inner_lr=inner.lr)
+    lr: LearningRate = rates if rates is not None else inner.lr
+    return maml_step(loss_fn, meta_params, episodes, inner_steps=inner.steps, inner_lr=lr,
+                     first_order=algorithm == "fomaml")
+
+
+def _validation_episodes(tasks: Sequence[Task], config: MetaTrainConfig) -> list[_Episode]:
+    """Fixed dev episodes (the same at each validation) from tasks with a big enough dev split."""
+    meta = config.meta
+    episodes = []
+    for task in tasks:
+        if config.val_episodes and len(task.dev) >= meta.n_shot + meta.n_query:
+            sampler = MetaBatchSampler([task], n_shot=meta.n_shot, n_query=meta.n_query,
+                                       meta_batch_size=config.val_episodes, seed=config.seed,
+                                       split="dev")
+            episodes += [_wrap(e) for e in sampler.sample()]
+    return episodes
+
+
+def meta_validate(loss_fn, meta_params: Params, episodes: Sequence[_Episode], inner: AdaptConfig,
+                  rates: Params | None = None) -> dict[str, float]:
+    """Query loss before and after adapting on each dev episode's support set, per task and mean."""
+    before: dict[str, list[float]] = {}
+    after: dict[str, list[float]] = {}
+    start = {k: v.detach() for k, v in meta_params.items()}
+    lr = {k: v.detach() for k, v in rates.items()} if rates is not None else inner.lr
+    for ep in episodes:
+        with torch.no_grad():
+            before.setdefault(ep.task_name, []).append(loss_fn(start, ep.query).item())
+        adapted = inner_loop(loss_fn, start, ep.support, steps=max(1, inner.steps), lr=lr,
+                             first_order=True)
+        with torch.no_grad():
+            after.setdefault(ep.task_name, []).append(loss_fn(adapted, ep.query).item())
+    summary = {"loss_before": _mean(before), "loss_after": _mean(after)}
+    summary.update({f"loss_after/{k}": sum(v) / len(v) for k, v in after.items()})
+    return summary
+
+
+def _mean(by_task: Mapping[str, list[float]]) -> float:
+    values = [x for v in by_task.values() for x in v]
+    return sum(values) / len(values) if values else float("nan")
+
+
+def learned_inner_lrs(checkpoint_model: Mapping[str, Tensor]) -> Params:
+    """Meta-SGD's learned per-parameter rates from a checkpoint's weights (empty if none)."""
+    return {k[len(LEARNED_LR_PREFIX):]: v for k, v in checkpoint_model.items()
+            if k.startswith(LEARNED_LR_PREFIX)}
