@@ -144,10 +144,16 @@ def model_weights(model: RAGModel) -> dict[str, torch.Tensor]:
     return dict(model.state_dict())
 
 
+AUX_PREFIX = "aux."
+"""Checkpoint tensors under this prefix belong to the training method (e.g. Meta-SGD's
+learned inner rates), not to the model; `load_weights` leaves them alone."""
+
+
 def load_weights(model: RAGModel, checkpoint: Checkpoint) -> None:
     """Load checkpoint weights, refusing ones from another model config with the differences."""
+    weights = {k: v for k, v in checkpoint.model.items() if not k.startswith(AUX_PREFIX)}
     expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    saved = {k: tuple(v.shape) for k, v in checkpoint.model.items()}
+    saved = {k: tuple(v.shape) for k, v in weights.items()}
     missing = sorted(set(expected) - set(saved))
     unexpected = sorted(set(saved) - set(expected))
     reshaped = sorted(k for k in set(expected) & set(saved) if expected[k] != saved[k])
@@ -164,7 +170,7 @@ def load_weights(model: RAGModel, checkpoint: Checkpoint) -> None:
         raise CheckpointError(f"{checkpoint.path}: was saved from another model config: "
                               + "; ".join(parts) + ". Use the config the checkpoint was "
                               "trained with (it is in its state.json).")
-    model.load_state_dict(checkpoint.model)
+    model.load_state_dict(weights)
 
 
 MODEL_CONFIG_KEY = "model_config"
