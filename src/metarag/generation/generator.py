@@ -80,6 +80,8 @@ class Generator(nn.Module):
         max_source_length: Source tokens kept (special tokens and, for decoder-only
             kinds, the answer cue included); longer sources lose their end.
         max_target_length: Target tokens kept, EOS included.
+        adapters: What `metarag.generation.adapters` added ("lora", "soft_prompt");
+            empty for a plain model.
     """
 
     def __init__(self, model: Any, tokenizer: Any, *, kind: str, max_source_length: int = 256,
@@ -109,6 +111,10 @@ class Generator(nn.Module):
         if not self.is_encoder_decoder:
             cue = tokenizer(" " + CAUSAL_ANSWER_CUE, add_special_tokens=False)
             self._cue_ids = cue["input_ids"]
+        # Set by metarag.generation.adapters: soft-prompt placeholder ids put before
+        # every source, and the names of the adapters injected into the model.
+        self._prompt_ids: list[int] = []
+        self.adapters: list[str] = []
         self._keeps_logits = "logits_to_keep" in inspect.signature(model.forward).parameters
         self.max_source_length, self.max_target_length = self._fit_lengths(
             max_source_length, max_target_length)
@@ -200,6 +206,11 @@ class Generator(nn.Module):
         Returns:
             The directory, which :meth:`load` reads back.
         """
+        if self.adapters:  # peft layers / a hooked embedding: not a plain HF model
+            raise ValueError(
+                f"this generator carries {' and '.join(self.adapters)}, which a Hugging Face "
+                "folder cannot hold; save the RAG model as a checkpoint instead (model_weights "
+                "+ its ModelConfig, as `metarag train` does), which rebuilds them on load")
         out = Path(directory)
         out.mkdir(parents=True, exist_ok=True)
         self.model.save_pretrained(out)  # safetensors; tied weights stored once
@@ -381,8 +392,11 @@ class Generator(nn.Module):
     # ------------------------------------------------------------------ internals
 
     def _encode_sources(self, sources: list[str]) -> list[list[int]]:
-        """Token ids with the tokenizer's special tokens (and, decoder-only, the cue)."""
-        budget = self.max_source_length - len(self._cue_ids)
+        """Token ids with the tokenizer's special tokens (and, decoder-only, the cue).
+
+        Soft-prompt placeholders, if any, come first; they count against the budget.
+        """
+        budget = self.max_source_length - len(self._cue_ids) - len(self._prompt_ids)
         # One token over budget reveals truncation without a second full pass.
         ids = self.tokenizer(sources, truncation=True, max_length=budget + 1)["input_ids"]
         long = [i for i, x in enumerate(ids) if len(x) > budget]
@@ -395,7 +409,7 @@ class Generator(nn.Module):
                             f"max_source_length={self.max_source_length} tokens; their ends "
                             "were cut (the question, first, is kept). Raise max_source_length "
                             "or pass fewer or shorter passages.")
-        return [x + self._cue_ids for x in ids]
+        return [self._prompt_ids + x + self._cue_ids for x in ids]
 
     def _encode_targets(self, targets: list[str]) -> list[list[int]]:
         """Answer tokens + EOS, at most ``max_target_length`` in all."""

@@ -35,12 +35,18 @@ Presets, with the names they match on a `RAGModel` whose generator is BERT2BERT
                     T5/BART ``shared``/``embed_*``, GPT-2 ``wte``/``wpe``). Mostly
                     useful as ``exclude``: with MiniLM each word-embedding matrix is
                     11.7M of a BERT's 22.7M weights, and few-shot steps barely touch it.
+``lora``            LoRA adapters, ``*.lora_A.*`` / ``*.lora_B.*`` (and peft's other
+                    ``lora_*`` weights); the model needs ``ModelConfig(lora=...)``.
+``soft_prompt``     the soft prompt, ``*.soft_prompt`` (n, d) on the generator's input
+                    embedding; the model needs ``ModelConfig(soft_prompt_tokens=n)``.
 ==================  ===============================================================
 
 Relations on a BERT2BERT RAGModel (tested): ``query_encoder`` and ``generator`` are
 disjoint and together make ``all``; ``generator_encoder`` and ``decoder`` are
 disjoint and together make ``generator``; ``cross_attention`` lies inside ``decoder``;
-``embeddings`` cuts across all of them.
+``embeddings`` cuts across all of them. The adapter presets select only adapter
+weights (`metarag.generation.adapters`); the architecture presets include the
+adapters inside their part (LoRA on cross-attention is in ``cross_attention``).
 
 Tied weights: `select_params` lists each parameter once, under the first name
 ``named_parameters()`` gives it; ``functional_call`` (``tie_weights=True``) then
@@ -71,6 +77,8 @@ PRESETS: dict[str, str] = {
                         r"|generator\.model\.decoder\.block\.\d+\.layer\.1\.layer_norm\..*"),
     "embeddings": (r".*\.(word_embeddings|position_embeddings|token_type_embeddings|shared"
                    r"|embed_tokens|embed_positions|wte|wpe)\.weight"),
+    "lora": r".*\.lora_[A-Za-z_]+\..*",
+    "soft_prompt": r".*\.soft_prompt",
 }
 """Named patterns (regular expressions over full parameter names); see the module docstring."""
 
@@ -87,7 +95,14 @@ def _matcher(pattern: str) -> re.Pattern[str]:
     return re.compile(fnmatch.translate(pattern))
 
 
+_ADAPTER_OPTION = {"lora": "lora=LoRAConfig(...)", "soft_prompt": "soft_prompt_tokens=n"}
+
+
 def _no_match(pattern: str, role: str, names: Sequence[str], frozen: Sequence[str]) -> ValueError:
+    if pattern in _ADAPTER_OPTION and not frozen:
+        return ValueError(f"{role} pattern {pattern!r}: the model has no such adapter; build "
+                          f"it with ModelConfig({_ADAPTER_OPTION[pattern]}) (YAML: model."
+                          f"{_ADAPTER_OPTION[pattern].split('=')[0]})")
     if frozen:
         return ValueError(f"{role} pattern {pattern!r} matches only frozen parameters "
                           f"(requires_grad=False), e.g. {frozen[0]!r}; unfreeze them or pick "

@@ -19,6 +19,7 @@ import torch
 
 from metarag.checkpoint import Checkpoint, CheckpointError
 from metarag.data.schema import Passage
+from metarag.generation.adapters import LoRAConfig
 from metarag.rag.model import RAGConfig, RAGModel
 
 logger = logging.getLogger(__name__)
@@ -40,6 +41,11 @@ class ModelConfig:
         max_source_length: Generator input tokens (question + passage).
         max_target_length: Answer tokens.
         rag: Retrieval and fusion settings.
+        lora: LoRA adapters injected into the generator (None: none); the inner loop
+            adapts them with the params preset "lora" (`metarag.generation.adapters`).
+        soft_prompt_tokens: Length of a trainable soft prompt put before every
+            generator source (0: none); preset "soft_prompt". Counts against
+            ``max_source_length``.
     """
 
     encoder: str | None = None
@@ -49,11 +55,15 @@ class ModelConfig:
     max_source_length: int = 192
     max_target_length: int = 48
     rag: RAGConfig = field(default_factory=RAGConfig)
+    lora: LoRAConfig | None = None
+    soft_prompt_tokens: int = 0
 
     def __post_init__(self) -> None:
         for name in ("query_max_length", "max_source_length", "max_target_length"):
             if getattr(self, name) < 8:
                 raise ValueError(f"{name} must be at least 8 tokens, got {getattr(self, name)}")
+        if self.soft_prompt_tokens < 0:
+            raise ValueError(f"soft_prompt_tokens must be >= 0, got {self.soft_prompt_tokens}")
 
 
 @dataclass
@@ -112,9 +122,11 @@ def build_model(config: ModelConfig, *, seed: int = 0) -> BuiltModel:
     """Load the encoder twice (trainable query side, frozen passage side) and the generator.
 
     Attention is "eager" so that second-order gradients work on CPU (SDPA has no
-    double backward there).
+    double backward there). Adapters (``config.lora``, ``config.soft_prompt_tokens``)
+    are added to the generator last; ``seed`` also seeds LoRA's A matrices.
     """
     from metarag.generation import Generator
+    from metarag.generation.adapters import add_lora, add_soft_prompt
     from metarag.retrieval import DenseEncoder
 
     query = DenseEncoder.from_pretrained(config.encoder, max_length=config.query_max_length,
@@ -134,6 +146,10 @@ def build_model(config: ModelConfig, *, seed: int = 0) -> BuiltModel:
                                  "folder; only bert2bert and bert-lm warm-start from the encoder")
             name = query.name_or_path if config.encoder is not None else None
         generator = Generator.from_pretrained(config.generator_kind, name, **lengths)
+    if config.soft_prompt_tokens:
+        add_soft_prompt(generator, config.soft_prompt_tokens)
+    if config.lora is not None:
+        add_lora(generator, config.lora, seed=seed)
     model = RAGModel(query, generator, config.rag)
     model.train()
     return BuiltModel(model, passage)

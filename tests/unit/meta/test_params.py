@@ -12,7 +12,9 @@ def names_of(model, *include, exclude=()):
 
 
 def test_presets_on_the_tiny_rag_model_are_non_empty_and_related_as_documented(tiny_rag):
-    sets = {name: names_of(tiny_rag, name) for name in PRESETS}
+    # The adapter presets need a model with adapters: tests/unit/test_adapters.py.
+    sets = {name: names_of(tiny_rag, name) for name in PRESETS
+            if name not in ("lora", "soft_prompt")}
     assert all(sets.values()), [k for k, v in sets.items() if not v]
     every = {n for n, _ in tiny_rag.named_parameters()}
     assert sets["all"] == every == names_of(tiny_rag, "*")
