@@ -10,7 +10,18 @@ import logging
 import typer
 
 from metarag import __version__
-from metarag.cli import ask, eval_retrieval, evaluate, index, retrieve, tasks, train
+from metarag.cli import (
+    adapt,
+    ask,
+    benchmark,
+    eval_retrieval,
+    evaluate,
+    index,
+    meta_train,
+    retrieve,
+    tasks,
+    train,
+)
 
 app = typer.Typer(
     name="metarag",
@@ -27,6 +38,9 @@ app.command("eval-retrieval")(eval_retrieval.eval_retrieval)
 app.command("evaluate")(evaluate.evaluate)
 app.command("ask")(ask.ask)
 app.command("train")(train.train)
+app.command("meta-train")(meta_train.meta_train)
+app.command("adapt")(adapt.adapt)
+app.command("benchmark")(benchmark.benchmark)
 
 
 def _version(value: bool) -> None:

@@ -17,6 +17,10 @@ TASK_HELP = "Only these tasks (folder or synthetic domain names); repeat the opt
 DataOption = typer.Option(None, "--data", help=DATA_HELP, file_okay=False)
 TaskOption = typer.Option(None, "--task", "-t", help=TASK_HELP)
 SeedOption = typer.Option(0, "--seed", help="Seed for splits and the synthetic suite.")
+CacheDirOption = typer.Option(
+    "runs/cache", "--cache-dir",
+    help="Reuse passage embeddings saved here (keyed by encoder and corpus); "
+    "'none' to always re-encode.")
 EncoderOption = typer.Option(
     None, "--encoder",
     help="Local model folder (or hub name when online). Default: the bundled MiniLM.")
@@ -36,3 +40,8 @@ def load(data: Path | None, names: list[str] | None, seed: int) -> list[Task]:
     from metarag.data.loaders import load_tasks
 
     return load_tasks(data, names or None, seed=seed)
+
+
+def cache_dir_value(text: str | None) -> str | None:
+    """The --cache-dir option as a folder, or None for 'none' / empty (no cache)."""
+    return None if text is None or text.strip().lower() in ("", "none") else text

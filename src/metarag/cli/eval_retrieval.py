@@ -9,7 +9,15 @@ from pathlib import Path
 
 import typer
 
-from metarag.cli.common import DataOption, EncoderOption, SeedOption, TaskOption, load
+from metarag.cli.common import (
+    CacheDirOption,
+    DataOption,
+    EncoderOption,
+    SeedOption,
+    TaskOption,
+    cache_dir_value,
+    load,
+)
 
 log = logging.getLogger(__name__)
 METHODS = ("dense", "bm25", "hybrid")
@@ -26,9 +34,7 @@ def eval_retrieval(
     encoder: str | None = EncoderOption,
     batch_size: int = typer.Option(64, help="Passages per encoding batch."),
     seed: int = SeedOption,
-    cache_dir: Path | None = typer.Option(
-        Path("runs/cache"), help="Reuse passage embeddings saved here (keyed by encoder and "
-        "corpus); --no-cache-dir to always re-encode."),
+    cache_dir: str = CacheDirOption,
     out: Path = typer.Option(Path("runs/eval-retrieval"), "--out", "-o",
                              help="Folder for retrieval.json and retrieval.md."),
 ) -> None:
@@ -56,8 +62,8 @@ def eval_retrieval(
         log.info("%s: indexing %d passages", t.name, len(t.corpus))
         dense = None
         if enc is not None:
-            emb = cached_embeddings(enc, t.corpus, cache_dir, batch_size=batch_size,
-                                    show_progress=True)
+            emb = cached_embeddings(enc, t.corpus, cache_dir_value(cache_dir),
+                                    batch_size=batch_size, show_progress=True)
             dense = DenseIndex.from_embeddings(t.corpus, emb, encoder=enc, language=t.language)
         bm25 = (BM25Index.build(t.corpus, language=t.language)
                 if {"bm25", "hybrid"} & set(methods) else None)

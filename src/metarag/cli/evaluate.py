@@ -8,7 +8,7 @@ from pathlib import Path
 
 import typer
 
-from metarag.cli.common import DataOption, TaskOption, load
+from metarag.cli.common import CacheDirOption, DataOption, TaskOption, cache_dir_value, load
 
 log = logging.getLogger(__name__)
 
@@ -33,9 +33,7 @@ def evaluate(
     seed: int | None = typer.Option(
         None, "--seed", help="Split seed. Default: the one the checkpoint was trained with "
         "(so its test split holds no training example), else 0."),
-    cache_dir: Path | None = typer.Option(
-        Path("runs/cache"), help="Reuse passage embeddings saved here; --no-cache-dir to "
-        "always re-encode."),
+    cache_dir: str = CacheDirOption,
     out: Path = typer.Option(Path("runs/evaluate"), "--out", "-o",
                              help="Folder for metrics.json, metrics.md and predictions.jsonl."),
 ) -> None:
@@ -66,7 +64,7 @@ def evaluate(
         built = build_model(cfg.model, seed=cfg.seed)
         built.model.eval()
         state = {"step": 0, "config": asdict(cfg), "model_config": asdict(cfg.model)}
-    built.cache_dir = str(cache_dir) if cache_dir else None
+    built.cache_dir = cache_dir_value(cache_dir)
     if seed is None:
         seed = int(state.get("config", {}).get("data", {}).get("seed", 0))
     tasks = load(data, task, seed)

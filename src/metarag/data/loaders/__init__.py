@@ -86,6 +86,8 @@ def load_tasks(
         from metarag.data.synthetic import synthetic_suite
 
         tasks = synthetic_suite(seed=seed)
+        if names:  # "legal" and "synthetic/legal" both name a domain
+            names = [n.removeprefix(SYNTHETIC_PREFIX + "/") for n in names]
         return _select(tasks, names, key=lambda t: t.name.split("/", 1)[-1], where="synthetic")
     root = Path(data_dir)
     if not root.is_dir():

@@ -1,0 +1,300 @@
+"""The evaluation protocol: leave one domain out, adapt every method the same way, compare.
+
+For each held-out domain:
+
+1. **Train the starting points** on the other domains, at the same budget:
+   the meta-learned init (`metarag.meta.train`) and the multi-task model
+   (`metarag.train`, as many examples seen as meta-training's query sets).
+   The base model (the untrained warm start) needs no training.
+2. **Adapt** each starting point with k shots from the held-out domain's train
+   split (k in ``shots``, several seeds): same `adapt_params`, same steps, same
+   parameter subset, and a learning rate picked from the same grid for every
+   method by the loss on the held-out domain's dev split.
+3. **Score** answers and retrieval on a fixed subset of the held-out test split.
+
+Methods: ``meta`` (the meta-learned init + adaptation), ``multitask_finetune``,
+``finetune`` (base + adaptation) and ``zero_shot`` (base, no adaptation). At 0
+shots a method is its starting point, unadapted. A steps curve (score against
+adaptation steps at ``curve_shots``) comes from snapshots of the same runs.
+
+Everything lands in ``out/results.json``; `metarag.evaluation.report` turns it
+into report.md and PNG plots. Trained starting points are kept under
+``out/<domain>/`` and reused (or resumed) when the benchmark is run again.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import random
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from metarag.checkpoint import latest_checkpoint, load_checkpoint
+from metarag.data.schema import QAExample, Task
+from metarag.errors import MetaRAGError
+from metarag.meta.adapt import AdaptConfig, adapted_names, support_batches, swapped_params
+from metarag.meta.inner import Batch, inner_loop, rag_loss_fn
+from metarag.meta.params import Params, split_params
+from metarag.meta.train import MetaTrainConfig, meta_train
+from metarag.rag.build import BuiltModel, build_model, load_weights
+from metarag.train import OptimConfig, TrainConfig, train
+
+logger = logging.getLogger(__name__)
+
+METHODS = ("meta", "multitask_finetune", "finetune", "zero_shot")
+METRICS = ["rougeL", "f1", "exact_match", "bleu", "meteor", "rouge1", "rouge2", "recall@5"]
+
+
+@dataclass
+class BenchmarkConfig:
+    """A leave-one-domain-out comparison; ``meta`` also gives the data and model.
+
+    Attributes:
+        out: Folder for results.json, the report, plots and trained starting points.
+        held_out: Task names to hold out, one at a time (empty: every task).
+        shots: Support-set sizes to adapt with (0: no adaptation).
+        seeds: One support sample per seed (and shots).
+        lr_grid: Adaptation learning rates; each method gets the best on dev.
+        adapt: Steps, adapted parameters and batch size (``lr`` is taken from the grid).
+        curve_shots, curve_steps: The score-against-steps curve (empty: none).
+        test_examples: Test questions scored per held-out domain (a fixed subset).
+        dev_examples: Dev questions that pick the learning rate.
+        meta: The meta-training run (data, model, inner loop, outer loop).
+        multitask: The multi-task baseline's optimiser.
+        match_budget: Replace ``multitask.steps`` so that the baseline trains on as
+            many examples as meta-training's query sets hold (meta steps x meta
+            batch x n_query / batch size).
+    """
+
+    out: str = "runs/benchmark"
+    held_out: list[str] = field(default_factory=list)
+    shots: list[int] = field(default_factory=lambda: [0, 4, 16, 64])
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    lr_grid: list[float] = field(default_factory=lambda: [1e-3, 3e-3])
+    adapt: AdaptConfig = field(default_factory=AdaptConfig)
+    curve_shots: int = 16
+    curve_steps: list[int] = field(default_factory=lambda: [0, 1, 2, 4, 8])
+    test_examples: int = 30
+    dev_examples: int = 16
+    meta: MetaTrainConfig = field(default_factory=MetaTrainConfig)
+    multitask: OptimConfig = field(default_factory=OptimConfig)
+    match_budget: bool = True
+    methods: list[str] = field(default_factory=lambda: list(METHODS))
+
+    def __post_init__(self) -> None:
+        unknown = [m for m in self.methods if m not in METHODS]
+        if unknown:
+            raise ValueError(f"unknown methods {unknown}; choose from {', '.join(METHODS)}")
+        if not self.seeds or not self.shots or not self.lr_grid:
+            raise ValueError("seeds, shots and lr_grid must not be empty")
+        if min(self.shots) < 0 or self.test_examples < 1:
+            raise ValueError("shots must be >= 0 and test_examples >= 1")
+
+
+class BenchmarkError(MetaRAGError, RuntimeError):
+    """The benchmark cannot run as configured (e.g. too few examples in a held-out domain)."""
+
+
+def run_benchmark(config: BenchmarkConfig, *, tasks: list[Task] | None = None,
+                  show_progress: bool = True) -> dict[str, Any]:
+    """Run the protocol; returns (and writes) the results dict that `write_report` reads."""
+    from metarag.data.loaders import load_tasks
+    from metarag.evaluation.report import write_report
+
+    started = time.perf_counter()
+    data = config.meta.data
+    if tasks is None:
+        tasks = load_tasks(data.data, data.tasks or None, seed=data.seed,
+                           max_tokens=data.max_tokens, overlap=data.overlap)
+    by_name = {t.name: t for t in tasks}
+    held_out = config.held_out or list(by_name)
+    missing = [h for h in held_out if h not in by_name]
+    if missing:
+        raise BenchmarkError(f"held-out tasks {missing} are not among the loaded tasks "
+                             f"({', '.join(by_name)})")
+    if len(tasks) < 2:
+        raise BenchmarkError("leave-one-domain-out needs at least two tasks")
+    out = Path(config.out)
+    out.mkdir(parents=True, exist_ok=True)
+    records: list[dict[str, Any]] = []
+    for name in held_out:
+        target = by_name[name]
+        _check_sizes(target, config)
+        others = [t for t in tasks if t.name != name]
+        starts = _starting_points(config, name, others, show_progress)
+        for method in [m for m in config.methods if m != "zero_shot"]:
+            records += _evaluate_method(config, method, starts[method], target, show_progress)
+        if "zero_shot" in config.methods:
+            records += [_record(target, "zero_shot", 0, 0, seed, None,
+                                _score(starts["finetune"], target, config))
+                        for seed in config.seeds]
+        _save(out, config, records, time.perf_counter() - started)
+    results = _save(out, config, records, time.perf_counter() - started)
+    write_report(results, out)
+    return results
+
+
+def _check_sizes(task: Task, config: BenchmarkConfig) -> None:
+    need = max(max(config.shots), config.curve_shots if config.curve_steps else 0)
+    if len(task.train) < need:
+        raise BenchmarkError(f"held-out task {task.name!r} has {len(task.train)} train examples; "
+                             f"{need} shots need at least that many")
+    if not task.test or not task.dev:
+        raise BenchmarkError(f"held-out task {task.name!r} needs dev and test examples")
+
+
+def _slug(name: str) -> str:
+    return name.replace("/", "_")
+
+
+def _starting_points(config: BenchmarkConfig, held_out: str, others: list[Task],
+                     show_progress: bool) -> dict[str, BuiltModel]:
+    """Base, meta-learned and multi-task models for one held-out domain (trained or reused)."""
+    root = Path(config.out) / _slug(held_out)
+    base = build_model(config.meta.model, seed=config.meta.seed)
+    base.cache_dir = config.meta.cache_dir
+    base.model.eval()
+    starts = {"finetune": base}
+    if "meta" in config.methods:
+        meta_cfg = copy.deepcopy(config.meta)
+        meta_cfg.out = str(root / "meta")
+        _train_or_resume(meta_train, meta_cfg, meta_cfg.meta.steps, others, show_progress)
+        starts["meta"] = _load_start(base, meta_cfg.out)
+    if "multitask_finetune" in config.methods:
+        mt_cfg = _multitask_config(config, root / "multitask")
+        _train_or_resume(train, mt_cfg, mt_cfg.optim.steps, others, show_progress)
+        starts["multitask_finetune"] = _load_start(base, mt_cfg.out)
+    return starts
+
+
+def _multitask_config(config: BenchmarkConfig, out: Path) -> TrainConfig:
+    meta = config.meta
+    optim = copy.deepcopy(config.multitask)
+    if config.match_budget:
+        seen = meta.meta.steps * meta.meta.meta_batch * meta.meta.n_query
+        optim.steps = max(1, round(seen / optim.batch_size))
+    return TrainConfig(out=str(out), seed=meta.seed, data=meta.data, model=meta.model,
+                       optim=optim, eval_every=max(1, optim.steps), checkpoint_every=
+                       max(1, optim.steps // 4), tensorboard=meta.tensorboard,
+                       cache_dir=meta.cache_dir)
+
+
+def _train_or_resume(fn: Any, cfg: Any, steps: int, tasks: list[Task], show_progress: bool
+                     ) -> None:
+    last = latest_checkpoint(cfg.out)
+    if last is not None and int(load_checkpoint(last).state["step"]) >= steps:
+        logger.info("reusing %s", last)
+        return
+    fn(cfg, resume=last is not None, tasks=tasks, show_progress=show_progress)
+
+
+def _load_start(base: BuiltModel, run: str) -> BuiltModel:
+    """A copy of the base model with a run's trained weights (same config, so same shapes)."""
+    model = copy.deepcopy(base.model)
+    load_weights(model, load_checkpoint(run))
+    model.eval()
+    return BuiltModel(model, base.passage_encoder, base.cache_dir)
+
+
+def _evaluate_method(config: BenchmarkConfig, method: str, start: BuiltModel, task: Task,
+                     show_progress: bool) -> list[dict[str, Any]]:
+    """Every (shots, seed) cell of one method on one held-out task, plus its steps curve."""
+    records = []
+    start.use_corpus(task.corpus)
+    names = adapted_names(start.model, config.adapt)
+    for shots in config.shots:
+        for seed in config.seeds:
+            if shots == 0:
+                scores = _score(start, task, config)
+                records.append(_record(task, method, 0, 0, seed, None, scores))
+                continue
+            support = _support(task, shots, seed)
+            lr = _pick_lr(config, start, names, support, task)
+            curve = config.curve_steps if shots == config.curve_shots else []
+            snapshots = _adapt_snapshots(start, names, support, config.adapt.steps, lr,
+                                         config.adapt.batch_size, curve)
+            for steps, params in sorted(snapshots.items()):
+                with swapped_params(start.model, params):
+                    scores = _score(start, task, config)
+                records.append(_record(task, method, shots, steps, seed, lr, scores,
+                                       curve=steps != config.adapt.steps))
+            logger.info("%s %s shots=%d seed=%d lr=%g: %s", task.name, method, shots, seed, lr,
+                        records[-1]["scores"].get("rougeL"))
+    return records
+
+
+def _support(task: Task, shots: int, seed: int) -> list[QAExample]:
+    """``shots`` train examples drawn by (seed, shots); a fixed sample for each cell."""
+    pool = sorted(task.train, key=lambda e: e.id)
+    return random.Random(f"benchmark:{task.name}:{seed}:{shots}").sample(pool, shots)
+
+
+def _adapt_snapshots(start: BuiltModel, names: list[str], support: list[QAExample],
+                     steps: int, lr: float, batch_size: int | None, keep: list[int]
+                     ) -> dict[int, Params]:
+    """Adapted parameters after ``steps`` SGD steps, and after each step count in ``keep``.
+
+    The same computation as `metarag.meta.adapt.adapt_params`, with snapshots along the way.
+    """
+    model = start.model
+    meta, frozen = split_params(model, names)
+    current = {k: v.detach() for k, v in meta.items()}
+    loss_fn = rag_loss_fn(model, frozen)
+    wanted = {s for s in keep if s <= steps} | {steps}
+    out = {0: current} if 0 in wanted else {}
+    for step, batch in enumerate(support_batches(support, steps, batch_size), start=1):
+        current = {k: v.detach() for k, v in
+                   inner_loop(loss_fn, current, batch, steps=1, lr=lr, first_order=True).items()}
+        if step in wanted:
+            out[step] = current
+    return out
+
+
+def _pick_lr(config: BenchmarkConfig, start: BuiltModel, names: list[str],
+             support: list[QAExample], task: Task) -> float:
+    """The grid rate whose adapted model has the lowest loss on the held-out dev questions."""
+    if len(config.lr_grid) == 1:
+        return config.lr_grid[0]
+    dev = Batch.from_examples(task.dev[:config.dev_examples])
+    losses = {}
+    for lr in config.lr_grid:
+        params = _adapt_snapshots(start, names, support, config.adapt.steps, lr,
+                                  config.adapt.batch_size, [])[config.adapt.steps]
+        with swapped_params(start.model, params), torch.no_grad():
+            loss = start.model(dev.questions, dev.answers).loss.item()
+        losses[lr] = loss if loss == loss else float("inf")  # NaN loses
+    return min(losses, key=losses.get)
+
+
+def _score(built: BuiltModel, task: Task, config: BenchmarkConfig) -> dict[str, float | None]:
+    from metarag.evaluation.qa import evaluate_qa
+
+    result = evaluate_qa(built, task, split="test", max_examples=config.test_examples,
+                         ks=(1, 5))
+    return {k: v for k, v in result.metrics.items() if k in METRICS}
+
+
+def _record(task: Task, method: str, shots: int, steps: int, seed: int, lr: float | None,
+            scores: dict[str, Any], *, curve: bool = False) -> dict[str, Any]:
+    record = {"held_out": task.name, "method": method, "shots": shots, "steps": steps,
+              "seed": seed, "lr": lr, "scores": scores}
+    if curve:
+        record["curve"] = True
+    return record
+
+
+def _save(out: Path, config: BenchmarkConfig, records: list[dict[str, Any]],
+          seconds: float) -> dict[str, Any]:
+    results = {"config": asdict(config), "metrics": METRICS, "primary_metric": "rougeL",
+               "methods": [m for m in METHODS if m in config.methods], "records": records,
+               "wall_seconds": round(seconds, 1)}
+    tmp = out / "results.json.tmp"
+    tmp.write_text(json.dumps(results, indent=1))
+    tmp.replace(out / "results.json")
+    return results

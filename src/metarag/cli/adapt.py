@@ -1,0 +1,76 @@
+"""`metarag adapt`: adapt a trained or meta-trained model to a new domain from a few examples."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from metarag.cli.common import CacheDirOption, cache_dir_value
+
+
+def adapt(
+    checkpoint: Path = typer.Option(..., "--checkpoint", "-c", exists=True, file_okay=False,
+                                    help="A checkpoint or run folder (meta-train or train)."),
+    task: str = typer.Option(..., "--task-file", "--task", "-t",
+                             help="The new domain: a task folder (corpus + QA, see "
+                             "docs/DATA_FORMAT.md), a shared dataset folder or "
+                             "synthetic/<domain>."),
+    shots: int = typer.Option(16, min=1, help="Labelled examples to adapt on (from the train "
+                              "split)."),
+    steps: int | None = typer.Option(None, min=0, help="SGD steps. Default: the meta-training "
+                                     "run's inner.steps, else 8."),
+    lr: float | None = typer.Option(None, help="SGD step size. Default: the meta-training run's "
+                                    "inner.lr, else 1e-3."),
+    seed: int = typer.Option(0, help="Which shots are drawn, and the split seed."),
+    out: Path = typer.Option(..., "--out", "-o", help="Folder for the adapted model and the "
+                             "new domain's index."),
+    cache_dir: str = CacheDirOption,
+) -> None:
+    """Index the new domain's corpus, adapt on SHOTS examples, save the adapted model.
+
+    The adapted model is a checkpoint folder (OUT/step-...) that `metarag evaluate
+    --checkpoint OUT` and `metarag ask --checkpoint OUT --index OUT/index` accept;
+    the starting checkpoint is not modified.
+    """
+    import random
+    import time
+    from dataclasses import asdict
+
+    from metarag.checkpoint import save_checkpoint
+    from metarag.data.loaders import load_task
+    from metarag.meta.adapt import AdaptConfig
+    from metarag.meta.adapt import adapt as run
+    from metarag.rag.build import MODEL_CONFIG_KEY, load_trained, model_weights
+    from metarag.retrieval import DenseIndex
+    from metarag.retrieval.cache import cached_embeddings
+
+    started = time.perf_counter()
+    built, state = load_trained(str(checkpoint))
+    built.cache_dir = cache_dir_value(cache_dir)
+    trained_inner = state.get("config", {}).get("inner", {})
+    config = AdaptConfig(**{**AdaptConfig().__dict__, **trained_inner})
+    config.steps = steps if steps is not None else (config.steps if trained_inner else 8)
+    config.lr = lr if lr is not None else config.lr
+    config.batch_size = config.batch_size or 16
+    target = load_task(task, seed=seed)
+    if len(target.train) < shots:
+        raise typer.BadParameter(f"{target.name} has {len(target.train)} train examples; "
+                                 f"--shots {shots} needs that many")
+    support = random.Random(f"adapt:{seed}").sample(sorted(target.train, key=lambda e: e.id),
+                                                     shots)
+    # Embed once: the saved index and the adapted model's retrieval share the vectors.
+    vectors = cached_embeddings(built.passage_encoder, target.corpus, built.cache_dir,
+                                show_progress=True)
+    DenseIndex.from_embeddings(target.corpus, vectors, encoder=built.passage_encoder,
+                               language=target.language).save(out / "index")
+    built.use_corpus(target.corpus, embeddings=vectors)
+    adapted = run(built, support, config=config)
+    saved = save_checkpoint(out, config.steps, model=model_weights(adapted.model), keep=1, state={
+        MODEL_CONFIG_KEY: state[MODEL_CONFIG_KEY], "kind": "adapted",
+        "adapted_from": str(checkpoint), "task": target.name, "shots": shots,
+        "support_ids": [e.id for e in support], "adapt": asdict(config),
+        "config": {"data": {"seed": seed}}})
+    typer.echo(f"adapted to {target.name} with {shots} shots, {config.steps} steps at lr "
+               f"{config.lr:g} ({time.perf_counter() - started:.0f} s): {saved}\n"
+               f"ask it: metarag ask --checkpoint {out} --index {out / 'index'} \"...\"")
