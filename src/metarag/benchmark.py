@@ -131,8 +131,9 @@ def run_benchmark(config: BenchmarkConfig, *, tasks: list[Task] | None = None,
         for method in [m for m in config.methods if m != "zero_shot"]:
             records += _evaluate_method(config, method, starts[method], target, show_progress)
         if "zero_shot" in config.methods:
-            records += [_record(target, "zero_shot", 0, 0, seed, None,
-                                _score(starts["finetune"], target, config))
+            starts["finetune"].use_corpus(target.corpus)
+            scores = _score(starts["finetune"], target, config)
+            records += [_record(target, "zero_shot", 0, 0, seed, None, scores)
                         for seed in config.seeds]
         _save(out, config, records, time.perf_counter() - started)
     results = _save(out, config, records, time.perf_counter() - started)
@@ -205,27 +206,26 @@ def _load_start(base: BuiltModel, run: str) -> BuiltModel:
 def _evaluate_method(config: BenchmarkConfig, method: str, start: BuiltModel, task: Task,
                      show_progress: bool) -> list[dict[str, Any]]:
     """Every (shots, seed) cell of one method on one held-out task, plus its steps curve."""
+    from tqdm.auto import tqdm
+
     records = []
     start.use_corpus(task.corpus)
     names = adapted_names(start.model, config.adapt)
-    for shots in config.shots:
-        for seed in config.seeds:
-            if shots == 0:
+    if 0 in config.shots:  # the unadapted starting point: one score, the same for every seed
+        scores = _score(start, task, config)
+        records += [_record(task, method, 0, 0, seed, None, scores) for seed in config.seeds]
+    cells = [(shots, seed) for shots in config.shots if shots > 0 for seed in config.seeds]
+    for shots, seed in tqdm(cells, desc=f"{task.name}: {method}", disable=not show_progress):
+        support = _support(task, shots, seed)
+        curve = config.curve_steps if shots == config.curve_shots else []
+        lr, snapshots = _adapt_with_best_lr(config, start, names, support, task, curve)
+        for steps, params in sorted(snapshots.items()):
+            with swapped_params(start.model, params):
                 scores = _score(start, task, config)
-                records.append(_record(task, method, 0, 0, seed, None, scores))
-                continue
-            support = _support(task, shots, seed)
-            lr = _pick_lr(config, start, names, support, task)
-            curve = config.curve_steps if shots == config.curve_shots else []
-            snapshots = _adapt_snapshots(start, names, support, config.adapt.steps, lr,
-                                         config.adapt.batch_size, curve)
-            for steps, params in sorted(snapshots.items()):
-                with swapped_params(start.model, params):
-                    scores = _score(start, task, config)
-                records.append(_record(task, method, shots, steps, seed, lr, scores,
-                                       curve=steps != config.adapt.steps))
-            logger.info("%s %s shots=%d seed=%d lr=%g: %s", task.name, method, shots, seed, lr,
-                        records[-1]["scores"].get("rougeL"))
+            records.append(_record(task, method, shots, steps, seed, lr, scores,
+                                   curve=steps != config.adapt.steps))
+        logger.info("%s %s shots=%d seed=%d lr=%g: ROUGE-L %.1f", task.name, method, shots,
+                    seed, lr, records[-1]["scores"].get("rougeL") or 0.0)
     return records
 
 
@@ -256,20 +256,26 @@ def _adapt_snapshots(start: BuiltModel, names: list[str], support: list[QAExampl
     return out
 
 
-def _pick_lr(config: BenchmarkConfig, start: BuiltModel, names: list[str],
-             support: list[QAExample], task: Task) -> float:
-    """The grid rate whose adapted model has the lowest loss on the held-out dev questions."""
-    if len(config.lr_grid) == 1:
-        return config.lr_grid[0]
+def _adapt_with_best_lr(config: BenchmarkConfig, start: BuiltModel, names: list[str],
+                        support: list[QAExample], task: Task, curve: list[int]
+                        ) -> tuple[float, dict[int, Params]]:
+    """Adapt at every grid rate; keep the one whose model has the lowest held-out dev loss.
+
+    Returns the rate and its snapshots (see `_adapt_snapshots`).
+    """
     dev = Batch.from_examples(task.dev[:config.dev_examples])
-    losses = {}
+    best: tuple[float, float, dict[int, Params]] | None = None
     for lr in config.lr_grid:
-        params = _adapt_snapshots(start, names, support, config.adapt.steps, lr,
-                                  config.adapt.batch_size, [])[config.adapt.steps]
-        with swapped_params(start.model, params), torch.no_grad():
+        snapshots = _adapt_snapshots(start, names, support, config.adapt.steps, lr,
+                                     config.adapt.batch_size, curve)
+        if len(config.lr_grid) == 1:
+            return lr, snapshots
+        with swapped_params(start.model, snapshots[config.adapt.steps]), torch.no_grad():
             loss = start.model(dev.questions, dev.answers).loss.item()
-        losses[lr] = loss if loss == loss else float("inf")  # NaN loses
-    return min(losses, key=losses.get)
+        loss = loss if loss == loss else float("inf")  # NaN loses
+        if best is None or loss < best[0]:
+            best = (loss, lr, snapshots)
+    return best[1], best[2]
 
 
 def _score(built: BuiltModel, task: Task, config: BenchmarkConfig) -> dict[str, float | None]:

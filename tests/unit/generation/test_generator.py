@@ -275,3 +275,15 @@ def test_generator_conditions_on_its_source(kind):
         optimizer.step()
     gen.eval()
     assert gen.generate(sources, max_new_tokens=4) == targets
+
+
+def test_copied_answers_come_back_with_the_source_spelling(generators: dict[str, Generator]
+                                                          ) -> None:
+    gen = generators["bert2bert"]  # WordPiece, uncased: decoding alone gives "€80. 4 million"
+    source = "question: How much? context: Revenue was €80.4 Million in Q3."
+    ids = gen.tokenizer("€80.4 Million", add_special_tokens=False)["input_ids"]
+    assert gen.tokenizer.decode(ids) != "€80.4 Million"
+    copied = torch.tensor([*ids, gen.eos_id])
+    assert gen._as_text(copied, source) == "€80.4 Million"
+    other = gen.tokenizer("nine tonnes", add_special_tokens=False)["input_ids"]
+    assert gen._as_text(torch.tensor(other), source) == "nine tonnes"  # not a copy: decoded
