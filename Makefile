@@ -34,7 +34,7 @@ test-all: $(STAMP)
 	$(PY) -m pytest -q -m ""
 
 demo: $(STAMP)
-	$(VENV)/bin/metarag eval-retrieval --out runs/demo
+	$(VENV)/bin/metarag benchmark --config configs/benchmark-demo.yaml
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks
