@@ -172,3 +172,23 @@ def test_config_errors_name_the_field():
         MetaOptimConfig(algorithm="protonet")
     with pytest.raises(ValueError, match="adapt.steps"):
         AdaptConfig(steps=-1)
+
+
+def test_adapt_with_learned_rates_matches_the_scalar_rule(tiny_encoder_dir, tasks):
+    """Meta-SGD's rates replace the scalar: constant rates equal it, zero rates move nothing."""
+    built = build_model(ModelConfig(encoder=str(tiny_encoder_dir), generator="tiny",
+                                    max_source_length=48, max_target_length=12,
+                                    rag=RAGConfig(k=2)))
+    built.use_corpus(tasks[0].corpus)
+    config = AdaptConfig(steps=2, lr=5e-2, params=["decoder"], batch_size=None)
+    names = adapted_names(built.model, config)
+    own = dict(built.model.named_parameters())
+    support = tasks[0].train[:3]
+    scalar = adapt_params(built.model, support, config)
+    constant = adapt_params(built.model, support, config, learned_lrs={
+        k: torch.full_like(own[k], 5e-2) for k in names})
+    frozen = adapt_params(built.model, support, config, learned_lrs={
+        k: torch.zeros_like(own[k]) for k in names})
+    for k in names:
+        torch.testing.assert_close(constant[k], scalar[k], rtol=1e-5, atol=1e-7, msg=k)
+        torch.testing.assert_close(frozen[k], own[k].detach(), rtol=0, atol=0, msg=k)

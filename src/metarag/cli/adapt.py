@@ -20,7 +20,8 @@ def adapt(
                               "split)."),
     steps: int | None = typer.Option(None, min=0, help="SGD steps. Default: the meta-training "
                                      "run's inner.steps, else 8."),
-    lr: float | None = typer.Option(None, help="SGD step size. Default: the meta-training run's "
+    lr: float | None = typer.Option(None, help="SGD step size. Default: a Meta-SGD run's "
+                                    "learned per-parameter rates, else the meta-training run's "
                                     "inner.lr, else 1e-3."),
     seed: int = typer.Option(0, help="Which shots are drawn, and the split seed."),
     out: Path = typer.Option(..., "--out", "-o", help="Folder for the adapted model and the "
@@ -37,10 +38,11 @@ def adapt(
     import time
     from dataclasses import asdict
 
-    from metarag.checkpoint import save_checkpoint
+    from metarag.checkpoint import load_checkpoint, save_checkpoint
     from metarag.data.loaders import load_task
     from metarag.meta.adapt import AdaptConfig
     from metarag.meta.adapt import adapt as run
+    from metarag.meta.train import learned_inner_lrs
     from metarag.rag.build import MODEL_CONFIG_KEY, load_trained, model_weights
     from metarag.retrieval import DenseIndex
     from metarag.retrieval.cache import cached_embeddings
@@ -65,12 +67,16 @@ def adapt(
     DenseIndex.from_embeddings(target.corpus, vectors, encoder=built.passage_encoder,
                                language=target.language).save(out / "index")
     built.use_corpus(target.corpus, embeddings=vectors)
-    adapted = run(built, support, config=config)
+    learned = None if lr is not None else (
+        learned_inner_lrs(load_checkpoint(checkpoint).model) or None)
+    adapted = run(built, support, config=config, learned_lrs=learned)
     saved = save_checkpoint(out, config.steps, model=model_weights(adapted.model), keep=1, state={
         MODEL_CONFIG_KEY: state[MODEL_CONFIG_KEY], "kind": "adapted",
         "adapted_from": str(checkpoint), "task": target.name, "shots": shots,
         "support_ids": [e.id for e in support], "adapt": asdict(config),
+        "learned_lrs": learned is not None,
         "config": {"data": {"seed": seed}}})
-    typer.echo(f"adapted to {target.name} with {shots} shots, {config.steps} steps at lr "
-               f"{config.lr:g} ({time.perf_counter() - started:.0f} s): {saved}\n"
+    rate = "Meta-SGD's learned rates" if learned else f"lr {config.lr:g}"
+    typer.echo(f"adapted to {target.name} with {shots} shots, {config.steps} steps at {rate} "
+               f"({time.perf_counter() - started:.0f} s): {saved}\n"
                f"ask it: metarag ask --checkpoint {out} --index {out / 'index'} \"...\"")

@@ -78,10 +78,13 @@ def support_batches(support: Sequence[QAExample], steps: int,
 
 
 def adapt_params(model: nn.Module, support: Sequence[QAExample],
-                 config: AdaptConfig) -> Params:
+                 config: AdaptConfig, *, learned_lrs: Mapping[str, Tensor] | None = None
+                 ) -> Params:
     """Adapted values of the selected parameters; the model itself is not changed.
 
     The model must already point at the domain's corpus (`RAGModel.set_corpus`).
+    ``learned_lrs``: Meta-SGD's per-parameter rates (`metarag.meta.train.learned_inner_lrs`),
+    used instead of ``config.lr``; they must cover exactly the adapted parameters.
 
     Returns:
         Detached tensors keyed by parameter name, ready for `swapped_params`
@@ -98,7 +101,8 @@ def adapt_params(model: nn.Module, support: Sequence[QAExample],
     try:
         for step, batch in enumerate(support_batches(support, config.steps, config.batch_size)):
             try:
-                current = inner_loop(loss_fn, current, batch, steps=1, lr=config.lr,
+                current = inner_loop(loss_fn, current, batch, steps=1,
+                                     lr=learned_lrs if learned_lrs is not None else config.lr,
                                      first_order=True)
             except FloatingPointError as err:
                 raise type(err)(f"adaptation step {step + 1} of {config.steps}: {err}") from None
@@ -134,7 +138,8 @@ def swapped_params(model: nn.Module, params: Mapping[str, Tensor]) -> Iterator[n
 
 def adapt(built: BuiltModel, support: Sequence[QAExample],
           corpus: Sequence[Passage] | None = None, *,
-          config: AdaptConfig | None = None, **overrides: object) -> BuiltModel:
+          config: AdaptConfig | None = None, learned_lrs: Mapping[str, Tensor] | None = None,
+          **overrides: object) -> BuiltModel:
     """Adapt a trained (or meta-trained) model to a new domain; the original is untouched.
 
     Args:
@@ -144,6 +149,7 @@ def adapt(built: BuiltModel, support: Sequence[QAExample],
             (cached under ``built.cache_dir``); None keeps the model's current corpus.
         config: Steps, learning rate and adapted parameters; keyword overrides
             such as ``steps=4, lr=3e-3`` replace single fields.
+        learned_lrs: Meta-SGD's learned per-parameter rates, replacing ``config.lr``.
 
     Returns:
         A new `BuiltModel` with its own copy of the RAG model (adapted, in eval
@@ -159,7 +165,7 @@ def adapt(built: BuiltModel, support: Sequence[QAExample],
     result = BuiltModel(copy.deepcopy(built.model), built.passage_encoder, built.cache_dir)
     if corpus is not None:
         result.use_corpus(corpus, show_progress=len(corpus) > 1000)
-    params = adapt_params(result.model, support, config)
+    params = adapt_params(result.model, support, config, learned_lrs=learned_lrs)
     result.model.load_state_dict(params, strict=False)
     result.model.eval()
     return result
