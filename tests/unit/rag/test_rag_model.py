@@ -5,6 +5,7 @@ import torch
 
 from metarag.data.schema import Passage
 from metarag.generation import Generator
+from metarag.generation.prompt import format_source
 from metarag.rag.losses import passage_posterior, rag_sequence_nll
 from metarag.rag.model import RAGConfig, RAGModel
 from metarag.retrieval import DenseEncoder
@@ -126,3 +127,18 @@ def test_bad_input_is_named(model, tiny_encoder_dir):
 def test_k_larger_than_the_corpus_is_clamped(model):
     doc_logits, top = model.retrieve(["Zorblat?"], k=50)
     assert top.shape == (1, len(PASSAGES))
+
+
+def test_fast_decoding_is_greedy_from_the_top_passage_in_one_batch(model):
+    questions = ["What dose of Zorblat?", "When did the Quillon bridge open?"]
+    _, top = model.retrieve(questions)
+    model.config.decoding = "fast"
+    answers = model.answer(questions, max_new_tokens=5)
+    expected = model.generator.generate(
+        [format_source(q, [PASSAGES[row[0]]]) for q, row in zip(questions, top.tolist())],
+        max_new_tokens=5)
+    assert [a.answer for a in answers] == expected
+    assert [a.citations[0].passage_id for a in answers] == [PASSAGES[r[0]].id
+                                                             for r in top.tolist()]
+    with pytest.raises(ValueError, match="decoding must be"):
+        RAGConfig(decoding="beam")
