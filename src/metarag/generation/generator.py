@@ -303,7 +303,8 @@ class Generator(nn.Module):
         return {k: v.to(self.device) for k, v in batch.items()}
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                labels: torch.Tensor | None = None) -> torch.Tensor:
+                labels: torch.Tensor | None = None,
+                encoder_states: torch.Tensor | None = None) -> torch.Tensor:
         """Per-sequence log-likelihood of the target: sum over tokens of log p(y_t | y_<t, x).
 
         Recomputed from the model's logits on every call (no caches, no in-place
@@ -314,6 +315,9 @@ class Generator(nn.Module):
             input_ids: (B, S) source (encoder-decoder) or (B, L) left-padded sequence.
             attention_mask: Same shape, 1 on real tokens.
             labels: (B, T) target ids, -100 where nothing is predicted.
+            encoder_states: Encoder-decoder kinds only: (B, S, H) output of
+                :meth:`encode` for these ``input_ids``, reused instead of running the
+                encoder again (e.g. across inner steps that leave the encoder frozen).
 
         Returns:
             (B,) float32 log-likelihoods (<= 0).
@@ -325,9 +329,15 @@ class Generator(nn.Module):
             decoder_input_ids = _shift_right(labels, self.decoder_start_id, self.pad_id)
             # Labels are right-padded and the decoder is causal, so padded decoder
             # positions never influence real ones: no decoder mask needed.
+            # A tuple is what HF's encoder-decoder models take in place of running the encoder.
+            reuse = {"encoder_outputs": (encoder_states,)} if encoder_states is not None else {}
             logits = self.model(input_ids=input_ids, attention_mask=attention_mask,
-                                decoder_input_ids=decoder_input_ids, use_cache=False).logits
+                                decoder_input_ids=decoder_input_ids, use_cache=False,
+                                **reuse).logits
         else:
+            if encoder_states is not None:
+                raise ValueError(f"encoder_states is for encoder-decoder generators; this "
+                                 f"one is {self.kind!r}")
             # Left padding: positions count real tokens only, as in generate().
             position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)  # (B, L)
             keep = labels.shape[1] + 1  # logits at L-T-1 .. L-2 predict the last T tokens
@@ -336,6 +346,18 @@ class Generator(nn.Module):
                                 position_ids=position_ids, use_cache=False, **kwargs).logits
             logits = logits[:, -keep:-1]  # (B, T, V)
         return sequence_log_likelihood(logits, labels)
+
+    def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Encoder-decoder kinds: the encoder's last hidden states (B, S, H) for a source batch.
+
+        What :meth:`forward` computes first; pass it back as ``encoder_states``
+        to skip that part when the encoder's weights have not changed.
+        """
+        if not self.is_encoder_decoder:
+            raise ValueError(f"a {self.kind!r} generator has no separate encoder")
+        encoder = self.model.get_encoder()
+        return encoder(input_ids=input_ids, attention_mask=attention_mask,
+                       return_dict=True).last_hidden_state
 
     def loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Mean negative log-likelihood per target token (scalar), over the whole batch."""

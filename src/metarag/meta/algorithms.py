@@ -13,7 +13,8 @@ next is built), so memory grows with the inner steps, not the meta-batch size.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -142,30 +143,86 @@ def maml_step(
     targets = [meta_params[k] for k in names]
     if lr_names:
         targets += [inner_lr[k] for k in lr_names]
-    totals = [torch.zeros_like(t) for t in targets]
     n = len(episodes)
     tasks, query_losses = [], []
-    for i, episode in enumerate(episodes):
-        where = _task_label(i, n, episode)
-        support_losses: list[float] = []
-        adapted = _adapt(loss_fn, meta_params, episode, where, steps=inner_steps, lr=inner_lr,
-                         first_order=first_order, record=support_losses)
-        query_loss = loss_fn(adapted, episode.query)
-        check_loss(query_loss, f"{where}: query loss after {inner_steps} inner steps")
-        if not query_loss.requires_grad:
-            raise ValueError(f"{where}: the query loss does not depend on the meta-parameters; "
-                             "does loss_fn use the params it is given?")
-        # Backward per task (1/n of the mean) frees this task's graph before the next.
-        grads = torch.autograd.grad(query_loss / n, targets, allow_unused=True)
-        for total, g in zip(totals, grads):
-            if g is not None:
-                total.add_(g)
-        query_losses.append(query_loss.item())
-        tasks.append(TaskLosses(getattr(episode, "task_name", None), support_losses,
-                                query_losses[-1]))
+    with _grad_accumulator(targets) as accumulate:
+        for i, episode in enumerate(episodes):
+            query_losses.append(_maml_task(
+                loss_fn, meta_params, episode, _task_label(i, n, episode),
+                inner_steps=inner_steps, inner_lr=inner_lr, first_order=first_order,
+                n_tasks=n, accumulate=accumulate, tasks=tasks))
+        totals = accumulate.totals()
     grads_by_name = dict(zip(names, totals[:len(names)]))
     lr_grads = dict(zip(lr_names, totals[len(names):])) if lr_names else None
     return MetaStepResult(sum(query_losses) / n, grads_by_name, lr_grads, tasks)
+
+
+def _maml_task(loss_fn: LossFn, meta_params: Mapping[str, Tensor], episode: TaskEpisode,
+               where: str, *, inner_steps: int, inner_lr: LearningRate, first_order: bool,
+               n_tasks: int, accumulate: _GradAccumulator, tasks: list[TaskLosses]) -> float:
+    """One task of `maml_step`: adapt, score the query set, add its share of the gradients."""
+    support_losses: list[float] = []
+    adapted = _adapt(loss_fn, meta_params, episode, where, steps=inner_steps, lr=inner_lr,
+                     first_order=first_order, record=support_losses)
+    query_loss = loss_fn(adapted, episode.query)
+    # The graph keeps the adapted weights it needs; dropping the dict frees the rest now.
+    del adapted
+    check_loss(query_loss, f"{where}: query loss after {inner_steps} inner steps")
+    if not query_loss.requires_grad:
+        raise ValueError(f"{where}: the query loss does not depend on the meta-parameters; "
+                         "does loss_fn use the params it is given?")
+    # Backward per task (1/n of the mean) frees this task's graph before the next is built.
+    accumulate(query_loss / n_tasks)
+    tasks.append(TaskLosses(getattr(episode, "task_name", None), support_losses,
+                            query_loss.item()))
+    return tasks[-1].query
+
+
+class _GradAccumulator:
+    """Sums the gradients of several losses w.r.t. ``targets``, holding one copy of them.
+
+    For leaf targets (the usual case: the module's parameters, Meta-SGD's rates)
+    it lets autograd add each gradient into ``.grad`` as soon as it is ready
+    (``backward(inputs=...)``), instead of collecting a full second copy with
+    ``autograd.grad`` and adding it afterwards: one copy of the meta-parameters
+    less at the end of every backward, where the peak of a meta-step is. The
+    caller's ``.grad`` fields are set aside first and put back after (see
+    `_grad_accumulator`), so nothing outside changes.
+    """
+
+    def __init__(self, targets: list[Tensor]) -> None:
+        self.targets = targets
+        self.in_place = all(t.is_leaf for t in targets)
+        self._totals = None if self.in_place else [torch.zeros_like(t) for t in targets]
+
+    def __call__(self, loss: Tensor) -> None:
+        if self.in_place:
+            torch.autograd.backward(loss, inputs=self.targets)
+            return
+        grads = torch.autograd.grad(loss, self.targets, allow_unused=True)
+        for total, g in zip(self._totals, grads):
+            if g is not None:
+                total.add_(g)
+
+    def totals(self) -> list[Tensor]:
+        if not self.in_place:
+            return self._totals
+        return [torch.zeros_like(t) if t.grad is None else t.grad.detach()
+                for t in self.targets]
+
+
+@contextmanager
+def _grad_accumulator(targets: list[Tensor]) -> Iterator[_GradAccumulator]:
+    accumulator = _GradAccumulator(targets)
+    saved = [t.grad for t in targets] if accumulator.in_place else []
+    try:
+        if accumulator.in_place:
+            for t in targets:
+                t.grad = None
+        yield accumulator
+    finally:
+        for t, g in zip(targets, saved):
+            t.grad = g
 
 
 def meta_sgd_step(

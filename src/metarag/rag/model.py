@@ -15,7 +15,7 @@ runs it with any parameter dict.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import numpy as np
@@ -75,6 +75,58 @@ class RAGOutput:
     doc_logits: torch.Tensor    # (B, K) retrieval scores / temperature
     seq_loglik: torch.Tensor    # (B, K) log p(y|x,z); (B, 1) with concat fusion
     passage_ids: list[list[str]]
+
+
+@dataclass
+class ForwardCache:
+    """What `RAGModel.forward` may reuse from an earlier call on the same batch.
+
+    An inner loop scores one support set several times with slightly different
+    weights. Three parts of that work do not depend on the adapted weights and are
+    kept here: the tokenised questions; the generator's inputs, as long as
+    retrieval picks the same top-k passages (it is re-run every call, so an
+    adapted query encoder still moves the scores and, if it changes the top-k,
+    the inputs are rebuilt); and the generator encoder's outputs, when that
+    encoder is frozen (no weight of it requires grad), deterministic (eval
+    mode) and its weights are the very tensors, unmodified, that produced them.
+    With the default BERT2BERT model that encoder is ~80% of a forward pass.
+
+    The loss, and its gradients of any order, are those of an uncached call:
+    everything reused is a constant of the computation. A cache belongs to one
+    batch; `RAGModel.forward` resets it when called with another batch or corpus.
+
+    Attributes:
+        hits: Calls that reused the encoder outputs (for tests and benchmarks).
+        misses: Calls that had to run the encoder (or could not reuse it).
+    """
+
+    questions: tuple[str, ...] = ()
+    answers: tuple[str, ...] = ()
+    query_batch: dict[str, torch.Tensor] | None = None   # tokenised questions
+    corpus: torch.Tensor | None = None                   # passage embeddings of the entries below
+    corpus_version: int = -1
+    top: torch.Tensor | None = None                      # (B, K) passages of generator_batch
+    generator_batch: dict[str, torch.Tensor] | None = None
+    encoder_weights: list[torch.Tensor] = field(default_factory=list)
+    encoder_versions: list[int] = field(default_factory=list)
+    encoder_states: torch.Tensor | None = None           # (B*K, S, H), no autograd history
+    hits: int = 0
+    misses: int = 0
+
+    def bind(self, questions: Sequence[str], answers: Sequence[str], corpus: torch.Tensor
+             ) -> None:
+        """Keep what is valid for this batch and corpus; drop the rest."""
+        questions, answers = tuple(questions), tuple(answers)
+        if (questions, answers) != (self.questions, self.answers):
+            self.questions, self.answers, self.query_batch = questions, answers, None
+            self._drop_generator_inputs()
+        if corpus is not self.corpus or corpus._version != self.corpus_version:
+            self.corpus, self.corpus_version = corpus, corpus._version
+            self._drop_generator_inputs()
+
+    def _drop_generator_inputs(self) -> None:
+        self.top = self.generator_batch = self.encoder_states = None
+        self.encoder_weights, self.encoder_versions = [], []
 
 
 @dataclass(frozen=True)
@@ -140,9 +192,14 @@ class RAGModel(nn.Module):
 
     # ---- retrieval -------------------------------------------------------------------
 
-    def retrieve(self, questions: Sequence[str], k: int | None = None
-                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    def retrieve(self, questions: Sequence[str], k: int | None = None, *,
+                 cache: ForwardCache | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Top-k passages per question.
+
+        Args:
+            questions: B questions.
+            k: Passages per question; the config's ``k`` by default.
+            cache: Reuse (or store) the tokenised questions (see `ForwardCache`).
 
         Returns:
             doc_logits: (B, K) scores / temperature, differentiable in the query
@@ -155,7 +212,11 @@ class RAGModel(nn.Module):
                              "with the passages of the task")
         k = min(k or self.config.k, len(self.passages))
         with torch.set_grad_enabled(torch.is_grad_enabled() and self.config.train_retriever):
-            batch = self._query_encoder.tokenize(list(questions))
+            batch = cache.query_batch if cache is not None else None
+            if batch is None:
+                batch = self._query_encoder.tokenize(list(questions))
+                if cache is not None:
+                    cache.query_batch = batch
             q = self._query_encoder.embed(batch["input_ids"], batch["attention_mask"])  # (B, D)
         scores = q @ self.passage_embeddings.T                                        # (B, N)
         top = scores.detach().topk(k, dim=-1).indices                                  # (B, K)
@@ -166,31 +227,88 @@ class RAGModel(nn.Module):
 
     # ---- training --------------------------------------------------------------------
 
-    def forward(self, questions: Sequence[str], answers: Sequence[str]) -> RAGOutput:
-        """Marginal negative log-likelihood of the reference answers."""
+    def forward(self, questions: Sequence[str], answers: Sequence[str], *,
+                cache: ForwardCache | None = None) -> RAGOutput:
+        """Marginal negative log-likelihood of the reference answers.
+
+        Args:
+            questions: B questions.
+            answers: The B reference answers.
+            cache: Work to reuse from an earlier call on the same batch, e.g. one
+                per support set across inner steps (see `ForwardCache`); the
+                result is the same with or without it.
+        """
         if len(questions) != len(answers):
             raise ValueError(f"{len(questions)} questions but {len(answers)} answers")
-        doc_logits, top = self.retrieve(questions)
+        if cache is not None:
+            cache.bind(questions, answers, self.passage_embeddings)
+        doc_logits, top = self.retrieve(questions, cache=cache)
         b, k = top.shape
         ids = [[self.passages[j].id for j in row] for row in top.tolist()]
+        batch = None
+        if cache is not None and cache.top is not None and torch.equal(cache.top, top):
+            batch = cache.generator_batch
         if self.config.fusion == "sequence":
-            sources = [format_source(q, [self.passages[j]])
-                       for q, row in zip(questions, top.tolist()) for j in row]
-            targets = [a for a in answers for _ in range(k)]
-            batch = self.generator.tokenize(sources, targets)
-            seq_loglik = self.generator(**batch).view(b, k)                            # (B, K)
+            if batch is None:
+                sources = [format_source(q, [self.passages[j]])
+                           for q, row in zip(questions, top.tolist()) for j in row]
+                targets = [a for a in answers for _ in range(k)]
+                batch = self._new_generator_batch(sources, targets, top, cache)
+            seq_loglik = self.generator(**batch, encoder_states=self._encoder_states(batch, cache)
+                                        ).view(b, k)                                   # (B, K)
             nll = rag_sequence_nll(doc_logits, seq_loglik)
             n_tokens = (batch["labels"] != -100).sum(-1).view(b, k)[:, 0]
         else:
-            sources = [format_source(q, [self.passages[j] for j in row])
-                       for q, row in zip(questions, top.tolist())]
-            batch = self.generator.tokenize(sources, list(answers))
-            seq_loglik = self.generator(**batch).view(b, 1)
+            if batch is None:
+                sources = [format_source(q, [self.passages[j] for j in row])
+                           for q, row in zip(questions, top.tolist())]
+                batch = self._new_generator_batch(sources, list(answers), top, cache)
+            seq_loglik = self.generator(**batch, encoder_states=self._encoder_states(batch, cache)
+                                        ).view(b, 1)
             nll = -seq_loglik[:, 0]
             n_tokens = (batch["labels"] != -100).sum(-1)
         # Per-token loss, so long answers do not drown short ones in a batch.
         loss = (nll / n_tokens.clamp(min=1)).mean()
         return RAGOutput(loss, nll, doc_logits, seq_loglik, ids)
+
+    def _new_generator_batch(self, sources: list[str], targets: list[str], top: torch.Tensor,
+                             cache: ForwardCache | None) -> dict[str, torch.Tensor]:
+        batch = self.generator.tokenize(sources, targets)
+        if cache is not None:
+            cache._drop_generator_inputs()
+            cache.top, cache.generator_batch = top.clone(), batch
+        return batch
+
+    def _encoder_states(self, batch: dict[str, torch.Tensor], cache: ForwardCache | None
+                        ) -> torch.Tensor | None:
+        """The generator encoder's outputs from the cache, or computed and cached when reusable.
+
+        None (the generator runs its encoder itself) without a cache, for
+        decoder-only generators, and when reuse would not be exact: a weight of the
+        encoder requires grad (it adapts, or gradients must reach it) or a module of
+        it is in training mode (dropout draws new masks every call).
+        """
+        if cache is None or not self.generator.is_encoder_decoder:
+            return None
+        encoder = self.generator.model.get_encoder()
+        # Under functional_call these are the tensors swapped in for this call.
+        weights = list(encoder.parameters())
+        if any(w.requires_grad for w in weights) or any(m.training for m in encoder.modules()):
+            cache.misses += 1
+            return None
+        versions = [w._version for w in weights]
+        same = (cache.encoder_states is not None and len(weights) == len(cache.encoder_weights)
+                and all(a is b for a, b in zip(weights, cache.encoder_weights))
+                and versions == cache.encoder_versions)
+        if same:
+            cache.hits += 1
+            return cache.encoder_states
+        cache.misses += 1
+        with torch.no_grad():
+            states = self.generator.encode(batch["input_ids"], batch["attention_mask"])
+        cache.encoder_weights, cache.encoder_versions = weights, versions
+        cache.encoder_states = states
+        return states
 
     # ---- answering -------------------------------------------------------------------
 

@@ -194,3 +194,20 @@ def test_second_order_maml_through_the_tiny_rag_model(tiny_rag, rag_episodes):
     for k, v in tiny_rag.state_dict().items():
         assert torch.equal(v, before[k]), f"{k} changed"
     assert all(p.grad is None for p in tiny_rag.parameters())
+
+
+@pytest.mark.parametrize("non_leaf", [False, True])
+def test_maml_step_leaves_the_callers_grad_fields_alone(mlp, episodes, non_leaf):
+    """Meta-gradients are summed in .grad while the step runs (one copy less); the caller's
+    .grad fields come back untouched, and non-leaf meta-parameters take the other path."""
+    meta_params = dict(mlp.named_parameters())
+    reference = maml_step(mse_fn(mlp), meta_params, episodes, inner_steps=1, inner_lr=ALPHA)
+    marker = {k: torch.full_like(v, 7.0) for k, v in meta_params.items()}
+    for k, v in meta_params.items():
+        v.grad = marker[k]
+    params = {k: v * 1.0 for k, v in meta_params.items()} if non_leaf else meta_params
+    result = maml_step(mse_fn(mlp), params, episodes, inner_steps=1, inner_lr=ALPHA)
+    for k, v in meta_params.items():
+        assert v.grad is marker[k] and bool((v.grad == 7.0).all())
+        torch.testing.assert_close(result.grads[k], reference.grads[k], **TIGHT)
+        v.grad = None
