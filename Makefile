@@ -37,7 +37,7 @@ demo: $(STAMP)
 	$(VENV)/bin/metarag benchmark --config configs/benchmark-demo.yaml
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check src tests benchmarks
+	$(VENV)/bin/ruff check src tests benchmarks experiments
 
 bench: $(STAMP)
 	$(PY) benchmarks/retrieval_speed.py
