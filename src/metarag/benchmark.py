@@ -14,7 +14,8 @@ For each held-out domain:
 
 Methods: ``meta`` (the meta-learned init + adaptation), ``multitask_finetune``,
 ``finetune`` (base + adaptation) and ``zero_shot`` (base, no adaptation). At 0
-shots a method is its starting point, unadapted. A steps curve (score against
+shots a method is its starting point, unadapted: deterministic, so it is scored
+once (one record, no interval), not once per seed. A steps curve (score against
 adaptation steps at ``curve_shots``) comes from snapshots of the same runs.
 
 Everything lands in ``out/results.json``; `metarag.evaluation.report` turns it
@@ -132,9 +133,8 @@ def run_benchmark(config: BenchmarkConfig, *, tasks: list[Task] | None = None,
             records += _evaluate_method(config, method, starts[method], target, show_progress)
         if "zero_shot" in config.methods:
             starts["finetune"].use_corpus(target.corpus)
-            scores = _score(starts["finetune"], target, config)
-            records += [_record(target, "zero_shot", 0, 0, seed, None, scores)
-                        for seed in config.seeds]
+            records.append(_record(target, "zero_shot", 0, 0, config.seeds[0], None,
+                                   _score(starts["finetune"], target, config)))
         _save(out, config, records, time.perf_counter() - started)
     results = _save(out, config, records, time.perf_counter() - started)
     write_report(results, out)
@@ -211,9 +211,9 @@ def _evaluate_method(config: BenchmarkConfig, method: str, start: BuiltModel, ta
     records = []
     start.use_corpus(task.corpus)
     names = adapted_names(start.model, config.adapt)
-    if 0 in config.shots:  # the unadapted starting point: one score, the same for every seed
-        scores = _score(start, task, config)
-        records += [_record(task, method, 0, 0, seed, None, scores) for seed in config.seeds]
+    if 0 in config.shots:  # unadapted: deterministic, so one record (no seed to vary)
+        records.append(_record(task, method, 0, 0, config.seeds[0], None,
+                               _score(start, task, config)))
     cells = [(shots, seed) for shots in config.shots if shots > 0 for seed in config.seeds]
     for shots, seed in tqdm(cells, desc=f"{task.name}: {method}", disable=not show_progress):
         support = _support(task, shots, seed)

@@ -57,8 +57,9 @@ def _root(
 ) -> None:
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
                         format="%(levelname)s %(name)s: %(message)s")
-    if not verbose:  # bm25s logs every index build at DEBUG on its own logger
-        logging.getLogger("bm25s").setLevel(logging.WARNING)
+    if not verbose:  # bm25s logs every index build, rouge-score (absl) every scoring
+        for name in ("bm25s", "absl"):
+            logging.getLogger(name).setLevel(logging.WARNING)
 
 
 def main() -> None:

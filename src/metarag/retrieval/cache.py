@@ -53,7 +53,7 @@ def cached_embeddings(encoder, passages: Sequence[Passage], cache_dir: str | Pat
     if path.is_file():
         emb = np.load(path, allow_pickle=False)
         if emb.shape == (len(passages), encoder.dim):
-            logger.info("passage embeddings from cache %s", path)
+            logger.debug("passage embeddings from cache %s", path)
             return emb
         logger.warning("ignoring cache %s: shape %s does not fit", path, emb.shape)
     emb = embed()
