@@ -4,7 +4,7 @@ For each held-out domain:
 
 1. **Train the starting points** on the other domains, at the same budget:
    the meta-learned init (`metarag.meta.train`) and the multi-task model
-   (`metarag.train`, as many examples seen as meta-training's query sets).
+   (`metarag.train`, back-propagating through as many examples as meta-training).
    The base model (the untrained warm start) needs no training.
 2. **Adapt** each starting point with k shots from the held-out domain's train
    split (k in ``shots``, several seeds): same `adapt_params`, same steps, same
@@ -68,9 +68,9 @@ class BenchmarkConfig:
         dev_examples: Dev questions that pick the learning rate.
         meta: The meta-training run (data, model, inner loop, outer loop).
         multitask: The multi-task baseline's optimiser.
-        match_budget: Replace ``multitask.steps`` so that the baseline trains on as
-            many examples as meta-training's query sets hold (meta steps x meta
-            batch x n_query / batch size).
+        match_budget: Replace ``multitask.steps`` so that the baseline back-propagates
+            through as many examples as meta-training does (`meta_examples`: support
+            sets once per inner step, plus query sets) at its own batch size.
     """
 
     out: str = "runs/benchmark"
@@ -178,12 +178,18 @@ def _multitask_config(config: BenchmarkConfig, out: Path) -> TrainConfig:
     meta = config.meta
     optim = copy.deepcopy(config.multitask)
     if config.match_budget:
-        seen = meta.meta.steps * meta.meta.meta_batch * meta.meta.n_query
-        optim.steps = max(1, round(seen / optim.batch_size))
+        optim.steps = max(1, round(meta_examples(meta) / optim.batch_size))
     return TrainConfig(out=str(out), seed=meta.seed, data=meta.data, model=meta.model,
                        optim=optim, eval_every=max(1, optim.steps), checkpoint_every=
                        max(1, optim.steps // 4), tensorboard=meta.tensorboard,
                        cache_dir=meta.cache_dir)
+
+
+def meta_examples(config: MetaTrainConfig) -> int:
+    """Examples meta-training back-propagates through: each episode's support set once
+    per inner step, and its query set."""
+    m = config.meta
+    return m.steps * m.meta_batch * (max(1, config.inner.steps) * m.n_shot + m.n_query)
 
 
 def _train_or_resume(fn: Any, cfg: Any, steps: int, tasks: list[Task], show_progress: bool

@@ -99,7 +99,8 @@ def test_benchmark_writes_results_report_and_plots(tmp_path, tiny_encoder_dir):
     # The starting points were trained at matched budgets and are kept for reuse.
     assert load_checkpoint(bench / "synthetic_legal" / "meta").state["step"] == 2
     multitask = load_checkpoint(bench / "synthetic_legal" / "multitask").state
-    assert multitask["step"] == round(2 * 2 * 2 / 2)  # meta steps x meta batch x n_query / batch
+    # meta steps x meta batch x (inner steps x n_shot + n_query) / batch size
+    assert multitask["step"] == 2 * 2 * (1 * 2 + 2) / 2
     before = latest_checkpoint(bench / "synthetic_legal" / "meta")
     result = runner.invoke(app, ["benchmark", "--config", str(path), "--set", "seeds=[0]"])
     assert result.exit_code == 0, result.output
