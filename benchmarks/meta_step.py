@@ -437,7 +437,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     print(f"machine: {meta['machine']} ({meta['cpu']}); torch {meta['torch']} "
           f"({meta['torch_threads']} threads); load average {load[0]:.1f}")
     peak = matmul_gflops(args.threads)
-    print(f"matmul peak: {peak['gflops']:.1f} GFLOP/s ({peak['size']}^2 float32)")
+    print(f"matmul peak: {peak['gflops']:.1f} GFLOP/s ({peak['size']}^2 float32, "
+          f"{args.threads} thread{'s' if args.threads > 1 else ''})")
+    if os.cpu_count() and os.cpu_count() != args.threads:
+        torch.set_num_threads(os.cpu_count())
+        peak["all_cores"] = matmul_gflops(os.cpu_count())
+        torch.set_num_threads(args.threads)
+        print(f"  with all {os.cpu_count()} cores: {peak['all_cores']['gflops']:.1f} GFLOP/s")
 
     configs = []
     setups = {}
