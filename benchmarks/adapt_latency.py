@@ -73,7 +73,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--repeats", type=int, default=3, help="timed runs of each phase")
     parser.add_argument("--eval-questions", type=int, default=32,
                         help="test questions answered for the throughput")
-    parser.add_argument("--threads", type=int, default=2, help="torch threads")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (1: on a shared "
+                        "machine a second thread makes ops wait for a core; 2 on a machine of "
+                        "your own)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="docs/benchmarks/adapt_latency.json")
     args = parser.parse_args(argv)
