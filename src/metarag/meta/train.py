@@ -42,8 +42,8 @@ from metarag.data.episodes import Episode, MetaBatchSampler
 from metarag.data.schema import Task
 from metarag.meta.adapt import AdaptConfig, adapted_names
 from metarag.meta.algorithms import maml_step, meta_sgd_lrs, reptile_step, set_grads
-from metarag.meta.inner import Batch, LearningRate, NonFiniteLossError, inner_loop
-from metarag.meta.params import Params, call_with, split_params
+from metarag.meta.inner import Batch, LearningRate, NonFiniteLossError, inner_loop, rag_loss_fn
+from metarag.meta.params import Params, split_params
 from metarag.rag.build import AUX_PREFIX, MODEL_CONFIG_KEY, ModelConfig, build_model, load_weights
 from metarag.rag.model import RAGModel
 from metarag.train import DataConfig, RunLog, TrainingError, embed_corpus, lr_factor
@@ -145,9 +145,12 @@ class _CorpusSwitch:
 
 
 def _loss_fn(model: RAGModel, frozen: Params, corpus: _CorpusSwitch):
+    """The RAG loss on the right task's corpus; `rag_loss_fn` caches what inner steps share."""
+    rag_loss = rag_loss_fn(model, frozen)
+
     def loss_fn(params: Params, data: _TaskData) -> Tensor:
         corpus.use(data.task)
-        return call_with(model, params, frozen, data.batch.questions, data.batch.answers).loss
+        return rag_loss(params, data.batch)
 
     return loss_fn
 
