@@ -125,6 +125,15 @@ def build_model(config: ModelConfig, *, seed: int = 0) -> BuiltModel:
     double backward there). Adapters (``config.lora``, ``config.soft_prompt_tokens``)
     are added to the generator last; ``seed`` also seeds LoRA's A matrices.
     """
+    # Weights that start random (BERT2BERT's cross-attention, bert-lm's LM head) come
+    # from ``seed``, not from whatever the global RNG holds: every method of a
+    # comparison starts from the same model.
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        return _build(config, seed)
+
+
+def _build(config: ModelConfig, seed: int) -> BuiltModel:
     from metarag.generation import Generator
     from metarag.generation.adapters import add_lora, add_soft_prompt
     from metarag.retrieval import DenseEncoder

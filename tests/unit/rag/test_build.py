@@ -62,3 +62,15 @@ def test_load_trained_rebuilds_from_the_saved_config(tmp_path, tiny_encoder_dir)
     save_checkpoint(tmp_path / "bare", 1, model=model_weights(built.model), state={})
     with pytest.raises(CheckpointError, match="no 'model_config'"):
         load_trained(str(tmp_path / "bare"))
+
+
+def test_randomly_initialised_weights_come_from_the_seed(tiny_encoder_dir):
+    """A bert-lm warm start has a random LM head; its init must not depend on the global RNG."""
+    config = ModelConfig(encoder=str(tiny_encoder_dir), generator_kind="bert-lm")
+    torch.manual_seed(1)
+    first = build_model(config, seed=3).model.state_dict()
+    torch.manual_seed(2)
+    second = build_model(config, seed=3).model.state_dict()
+    other = build_model(config, seed=4).model.state_dict()
+    assert all(torch.equal(v, second[k]) for k, v in first.items())
+    assert any(not torch.equal(v, other[k]) for k, v in first.items())
