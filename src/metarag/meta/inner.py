@@ -29,7 +29,7 @@ from torch import Tensor, nn
 from metarag.data.schema import QAExample
 from metarag.errors import MetaRAGError
 from metarag.meta.params import Params, call_with
-from metarag.rag.model import ForwardCache
+from metarag.rag.model import EncoderCache, ForwardCache
 
 LossFn = Callable[[Params, Any], Tensor]
 """``loss_fn(params, batch) -> scalar loss``; ``params`` holds only the adapted weights."""
@@ -77,10 +77,11 @@ class RAGLoss:
     """The loss function of a `RAGModel` over its adapted parameters (see `rag_loss_fn`)."""
 
     def __init__(self, model: nn.Module, frozen: Mapping[str, Tensor], *,
-                 cache_size: int = 4) -> None:
+                 cache_size: int = 4, encoder_cache: EncoderCache | None = None) -> None:
         if cache_size < 0:
             raise ValueError(f"cache_size must be >= 0, got {cache_size}")
         self.model, self.frozen, self.cache_size = model, frozen, cache_size
+        self.encoder_cache = encoder_cache if encoder_cache is not None else EncoderCache()
         # Most recently used last; keyed by the batch's questions and answers.
         self.caches: OrderedDict[tuple[tuple[str, ...], tuple[str, ...]], ForwardCache] = (
             OrderedDict())
@@ -90,7 +91,7 @@ class RAGLoss:
         extra = {}
         if self.cache_size:
             key = (tuple(batch.questions), tuple(batch.answers))
-            cache = self.caches.pop(key, None) or ForwardCache()
+            cache = self.caches.pop(key, None) or ForwardCache(sources=self.encoder_cache)
             self.caches[key] = cache
             while len(self.caches) > self.cache_size:
                 self.caches.popitem(last=False)
@@ -99,12 +100,13 @@ class RAGLoss:
                          **extra).loss
 
     def clear_cache(self) -> None:
-        """Forget every batch (e.g. to time a meta-step from a cold start)."""
+        """Forget every batch and source (e.g. to time a meta-step from a cold start)."""
         self.caches.clear()
+        self.encoder_cache.clear()
 
 
 def rag_loss_fn(model: nn.Module, frozen: Mapping[str, Tensor], *,
-                cache_size: int = 4) -> RAGLoss:
+                cache_size: int = 4, encoder_cache: EncoderCache | None = None) -> RAGLoss:
     """The loss function of a `RAGModel` over its adapted parameters.
 
     The support set is scored once per inner step with new weights but the same
@@ -114,23 +116,29 @@ def rag_loss_fn(model: nn.Module, frozen: Mapping[str, Tensor], *,
     generator encoder's outputs while that encoder is frozen and in eval mode (the
     "decoder" and "query_encoder" presets leave it frozen). Losses and gradients
     are those of uncached calls; the saving is the encoder's forward pass on every
-    inner step after the first, ~80% of a forward of the default model.
+    inner step after the first, ~80% of a forward of the default model. Across
+    batches, and across meta-steps for as long as the loss function lives, a
+    `metarag.rag.model.EncoderCache` keeps the encoder's states per source, so a
+    (question, passage) pair seen before is not encoded again.
 
     Args:
         model: The RAG model (only read; ``functional_call`` swaps weights in).
         frozen: The parameters that are not adapted, from `split_params`.
         cache_size: Batches remembered, least recently used dropped first; 0 turns
-            the cache off. Each holds the tokenised batch and, when reusable, the
-            encoder's outputs (B*K x source length x hidden floats: 4.5 MB for 8
-            questions, k=3 and 128 tokens with MiniLM). Four cover a MAML task
+            the cache off (the per-source one too). Each holds the tokenised batch
+            and, when reusable, the encoder's outputs (B*K x source length x hidden
+            floats: 4.5 MB for 8 questions, k=3 and 128 tokens with MiniLM). Four cover
+            a MAML task
             (its support and query sets) and adaptation cycling through up to four
             support batches.
+        encoder_cache: The per-source cache to use, e.g. one shared by several loss
+            functions; a new 512 MB one by default. ``EncoderCache(0)`` turns it off.
 
     Returns:
         ``loss_fn(params, data)`` with ``data`` a `Batch` or a list of `QAExample`
         (an episode's support or query set): the model's mean per-token marginal NLL.
     """
-    return RAGLoss(model, frozen, cache_size=cache_size)
+    return RAGLoss(model, frozen, cache_size=cache_size, encoder_cache=encoder_cache)
 
 
 def check_loss(loss: Tensor, where: str) -> None:

@@ -45,7 +45,7 @@ from metarag.meta.algorithms import maml_step, meta_sgd_lrs, reptile_step, set_g
 from metarag.meta.inner import Batch, LearningRate, NonFiniteLossError, inner_loop, rag_loss_fn
 from metarag.meta.params import Params, split_params
 from metarag.rag.build import AUX_PREFIX, MODEL_CONFIG_KEY, ModelConfig, build_model, load_weights
-from metarag.rag.model import RAGModel
+from metarag.rag.model import EncoderCache, RAGModel
 from metarag.train import DataConfig, RunLog, TrainingError, embed_corpus, lr_factor
 
 ALGORITHMS = ("maml", "fomaml", "reptile", "meta_sgd")
@@ -102,11 +102,16 @@ class MetaTrainConfig:
     max_bad_steps: int = 5
     tensorboard: bool = True
     cache_dir: str | None = "runs/cache"
+    # The frozen generator encoder's outputs per source, reused across meta-steps
+    # (`metarag.rag.model.EncoderCache`); 0 turns it off.
+    encoder_cache_mb: float = 512
 
     def __post_init__(self) -> None:
         for name in ("eval_every", "checkpoint_every", "log_every", "max_bad_steps"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.encoder_cache_mb < 0:
+            raise ValueError(f"encoder_cache_mb must be >= 0, got {self.encoder_cache_mb}")
         if self.val_episodes < 0:
             raise ValueError(f"val_episodes must be >= 0, got {self.val_episodes}")
 
@@ -144,9 +149,13 @@ class _CorpusSwitch:
             self.current = task
 
 
-def _loss_fn(model: RAGModel, frozen: Params, corpus: _CorpusSwitch):
-    """The RAG loss on the right task's corpus; `rag_loss_fn` caches what inner steps share."""
-    rag_loss = rag_loss_fn(model, frozen)
+def _loss_fn(model: RAGModel, frozen: Params, corpus: _CorpusSwitch, encoder_cache_mb: float):
+    """The RAG loss on the right task's corpus; `rag_loss_fn` caches what inner steps share.
+
+    Built once per run, so its per-source encoder cache lives across meta-steps.
+    """
+    rag_loss = rag_loss_fn(model, frozen,
+                           encoder_cache=EncoderCache(int(encoder_cache_mb * 2**20)))
 
     def loss_fn(params: Params, data: _TaskData) -> Tensor:
         corpus.use(data.task)
@@ -206,7 +215,7 @@ def meta_train(config: MetaTrainConfig, *, resume: bool = False, tasks: list[Tas
         p.requires_grad_(False)
     for p in meta_params.values():
         p.requires_grad_(True)
-    loss_fn = _loss_fn(model, frozen, switch)
+    loss_fn = _loss_fn(model, frozen, switch, config.encoder_cache_mb)
     rates = meta_sgd_lrs(meta_params, config.inner.lr) if meta.algorithm == "meta_sgd" else None
     opt_params = {**meta_params, **({LEARNED_LR_PREFIX + k: v for k, v in rates.items()}
                                     if rates else {})}

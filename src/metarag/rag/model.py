@@ -14,6 +14,7 @@ runs it with any parameter dict.
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -77,6 +78,113 @@ class RAGOutput:
     passage_ids: list[list[str]]
 
 
+DEFAULT_ENCODER_CACHE_BYTES = 512 * 2**20
+
+
+class EncoderCache:
+    """The frozen generator encoder's outputs per source, kept across batches and meta-steps.
+
+    One source (a question with its passage, tokenised) encodes to the same states
+    whenever the encoder's weights are the same: in a right-padded batch its real
+    positions attend only to each other. Meta-training resamples episodes from finite
+    splits, so the same sources recur from one meta-step to the next; this keeps
+    their states, least recently used dropped first once ``max_bytes`` is exceeded.
+
+    Entries are keyed by the source's token ids (padding stripped) and hold its
+    (n, H) states, n = its real tokens, without autograd history. A batch is
+    re-assembled with zeros at padded positions: the decoder's cross-attention masks
+    those, so they add exact zeros to the loss and its gradients of any order. Any
+    change to the encoder's weights (other tensors, or an in-place update) empties
+    the cache. `RAGModel` consults it only when `ForwardCache` may reuse the
+    encoder at all (encoder frozen and in eval mode).
+
+    Args:
+        max_bytes: Bound on the bytes of stored states; 0 turns the cache off.
+
+    Attributes:
+        hits, misses: Sources found and sources encoded (for tests and benchmarks).
+    """
+
+    def __init__(self, max_bytes: int = DEFAULT_ENCODER_CACHE_BYTES) -> None:
+        if max_bytes < 0:
+            raise ValueError(f"max_bytes must be >= 0, got {max_bytes}")
+        self.max_bytes = max_bytes
+        self.entries: OrderedDict[bytes, torch.Tensor] = OrderedDict()  # most recent last
+        self.nbytes = 0
+        self.weights: list[torch.Tensor] = []
+        self.versions: list[int] = []
+        self.hits = self.misses = 0
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def clear(self) -> None:
+        """Forget every source (the hit and miss counts stay)."""
+        self.entries.clear()
+        self.nbytes = 0
+
+    def encode(self, generator: nn.Module, input_ids: torch.Tensor,
+               attention_mask: torch.Tensor, weights: list[torch.Tensor]) -> torch.Tensor:
+        """(B, S, H) encoder states of a source batch, encoding only unseen sources.
+
+        Args:
+            generator: An encoder-decoder `metarag.generation.Generator`.
+            input_ids, attention_mask: (B, S) right-padded sources.
+            weights: The encoder's weights as this call uses them (identity and
+                version counters are compared with those of the stored entries).
+        """
+        versions = [w._version for w in weights]
+        if not (len(weights) == len(self.weights)
+                and all(a is b for a, b in zip(weights, self.weights))
+                and versions == self.versions):
+            self.clear()
+            self.weights, self.versions = weights, versions
+        b, s = input_ids.shape
+        lengths = attention_mask.sum(-1)                                             # (B,)
+        positions = torch.arange(s, device=attention_mask.device)
+        if not self.max_bytes or not torch.equal(attention_mask.bool(),
+                                                 positions < lengths[:, None]):
+            return generator.encode(input_ids, attention_mask)  # off, or not right-padded
+        lengths = lengths.tolist()
+        ids = input_ids.cpu().numpy()
+        keys = [ids[i, :n].tobytes() for i, n in enumerate(lengths)]
+        found = {k: self.entries[k] for k in keys if k in self.entries}
+        for k in found:
+            self.entries.move_to_end(k)
+        todo = list(dict.fromkeys(k for k in keys if k not in found))  # a source may repeat
+        rows = [keys.index(k) for k in todo]
+        self.hits += b - len(rows)
+        self.misses += len(rows)
+        if len(rows) == b:
+            # All new: the same call as without a cache, padded positions included.
+            states = generator.encode(input_ids, attention_mask)                     # (B, S, H)
+            self._store({k: states[i, :lengths[i]] for k, i in zip(todo, rows)})
+            return states
+        if rows:
+            width = max(lengths[i] for i in rows)
+            fresh = generator.encode(input_ids[rows, :width], attention_mask[rows, :width])
+            new = {k: fresh[j, :lengths[i]] for j, (k, i) in enumerate(zip(todo, rows))}
+            found.update(new)
+            self._store(new)
+        first = next(iter(found.values()))
+        states = first.new_zeros(b, s, first.shape[-1])                              # (B, S, H)
+        for i, k in enumerate(keys):
+            states[i, :lengths[i]] = found[k]
+        return states
+
+    def _store(self, new: dict[bytes, torch.Tensor]) -> None:
+        for key, value in new.items():
+            value = value.detach().clone()  # its own storage, not a view of the batch
+            size = value.numel() * value.element_size()
+            if size > self.max_bytes:
+                continue
+            self.entries[key] = value
+            self.nbytes += size
+        while self.nbytes > self.max_bytes:
+            _, old = self.entries.popitem(last=False)
+            self.nbytes -= old.numel() * old.element_size()
+
+
 @dataclass
 class ForwardCache:
     """What `RAGModel.forward` may reuse from an earlier call on the same batch.
@@ -90,6 +198,8 @@ class ForwardCache:
     encoder is frozen (no weight of it requires grad), deterministic (eval
     mode) and its weights are the very tensors, unmodified, that produced them.
     With the default BERT2BERT model that encoder is ~80% of a forward pass.
+    When it must run, ``sources`` (an `EncoderCache`, shared by many batches and
+    living across meta-steps) supplies the states of sources seen before.
 
     The loss, and its gradients of any order, are those of an uncached call:
     everything reused is a constant of the computation. A cache belongs to one
@@ -110,6 +220,7 @@ class ForwardCache:
     encoder_weights: list[torch.Tensor] = field(default_factory=list)
     encoder_versions: list[int] = field(default_factory=list)
     encoder_states: torch.Tensor | None = None           # (B*K, S, H), no autograd history
+    sources: EncoderCache | None = None                  # per-source states across batches
     hits: int = 0
     misses: int = 0
 
@@ -305,7 +416,11 @@ class RAGModel(nn.Module):
             return cache.encoder_states
         cache.misses += 1
         with torch.no_grad():
-            states = self.generator.encode(batch["input_ids"], batch["attention_mask"])
+            if cache.sources is not None:
+                states = cache.sources.encode(self.generator, batch["input_ids"],
+                                              batch["attention_mask"], weights)
+            else:
+                states = self.generator.encode(batch["input_ids"], batch["attention_mask"])
         cache.encoder_weights, cache.encoder_versions = weights, versions
         cache.encoder_states = states
         return states

@@ -14,7 +14,7 @@ import torch
 from metarag.meta.algorithms import maml_step
 from metarag.meta.inner import Batch, inner_loop, rag_loss_fn
 from metarag.meta.params import call_with, select_params, split_params
-from metarag.rag.model import ForwardCache
+from metarag.rag.model import EncoderCache, ForwardCache
 
 # Same op sequence on the same inputs: equal up to float32 rounding (in practice bit for bit).
 CLOSE = {"rtol": 1e-6, "atol": 1e-8}
@@ -164,3 +164,108 @@ def test_the_cache_follows_the_batch(tiny_rag, decoder_split, rag_episodes):
     assert len(fn.caches) == 1
     with pytest.raises(ValueError, match="cache_size"):
         rag_loss_fn(tiny_rag, frozen, cache_size=-1)
+
+
+# ---- the per-source encoder cache, shared across batches and meta-steps
+
+
+@pytest.mark.parametrize("first_order", [False, True])
+def test_a_warm_encoder_cache_gives_the_uncached_meta_step(tiny_rag, decoder_split, rag_episodes,
+                                                           first_order):
+    """A second meta-step (a new loss function, the same EncoderCache) encodes nothing again,
+    and its loss and meta-gradients are those of a loss without any cache."""
+    adapted, frozen = decoder_split
+    sources = EncoderCache()
+    plain = maml_step(rag_loss_fn(tiny_rag, frozen, cache_size=0), adapted, rag_episodes,
+                      inner_steps=2, inner_lr=0.5, first_order=first_order)
+    for step in range(2):
+        result = maml_step(rag_loss_fn(tiny_rag, frozen, encoder_cache=sources), adapted,
+                           rag_episodes, inner_steps=2, inner_lr=0.5, first_order=first_order)
+        if step == 0:
+            cold_misses = sources.misses
+            assert cold_misses > 0 and len(sources) > 0
+        assert result.loss == pytest.approx(plain.loss, rel=1e-6)
+        for k, g in plain.grads.items():
+            torch.testing.assert_close(result.grads[k], g, **CLOSE)
+    # The two episodes share their questions, so even the first step reused sources;
+    # the second step found every source it needed.
+    assert sources.misses == cold_misses and sources.hits > 0
+    for states in sources.entries.values():
+        assert states.grad_fn is None and not states.requires_grad
+
+
+def test_partly_seen_batches_with_other_padding_match_the_uncached_loss(tiny_rag, decoder_split):
+    """Seen and unseen sources mixed, in batches padded to other lengths than before."""
+    adapted, frozen = decoder_split
+    first = Batch(["When did the Quillon bridge open?", "Zorblat dose?"],
+                  ["3 May 1911", "250 mg twice daily"])
+    mixed = Batch(["Zorblat dose?", "Marvex revenue?"], ["250 mg twice daily", "4.2 million euros"])
+    sources = EncoderCache()
+    fn = rag_loss_fn(tiny_rag, frozen, encoder_cache=sources)
+    fn(adapted, first)
+    assert (sources.hits, sources.misses) == (0, 4)  # 2 questions x k=2 passages
+    widths = {len(k) for k in sources.entries}
+    assert len(widths) > 1  # sources of different lengths: padding was stripped
+    loss = fn(adapted, mixed)
+    assert sources.hits >= 1 and sources.misses > 4  # a seen question, an unseen one
+    plain = call_with(tiny_rag, adapted, frozen, mixed.questions, mixed.answers).loss
+    torch.testing.assert_close(loss, plain, **CLOSE)
+    weights = list(adapted.values())
+
+    def grads(out):  # the used weights' gradients (e.g. the query encoder's pooler is not)
+        return [g for g in torch.autograd.grad(out, weights, create_graph=True,
+                                               allow_unused=True) if g is not None]
+
+    got, want = grads(loss), grads(plain)
+    assert len(got) == len(want) > 0
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w, **CLOSE)
+    # Second order too: differentiate a function of the gradients.
+    got2, want2 = (grads(sum((g ** 2).sum() for g in gs)) for gs in (got, want))
+    assert len(got2) == len(want2) > 0
+    for g, w in zip(got2, want2):
+        torch.testing.assert_close(g, w, **CLOSE)
+
+
+def test_the_encoder_cache_empties_when_the_encoder_changes(tiny_rag, decoder_split,
+                                                           rag_episodes):
+    adapted, frozen = decoder_split
+    batch = support(rag_episodes)
+    sources = EncoderCache()
+    rag_loss_fn(tiny_rag, frozen, encoder_cache=sources)(adapted, batch)
+    misses = sources.misses
+    name = "generator.model.encoder.encoder.layer.0.output.dense.bias"
+    weight = dict(tiny_rag.named_parameters())[name]
+    original = weight.detach().clone()
+    try:
+        with torch.no_grad():
+            weight.add_(0.5)  # an optimizer step in place: the frozen view sees it
+        changed = rag_loss_fn(tiny_rag, frozen, encoder_cache=sources)(adapted, batch)
+        plain = call_with(tiny_rag, adapted, frozen, batch.questions, batch.answers).loss
+    finally:
+        with torch.no_grad():
+            weight.copy_(original)
+    assert sources.hits == 0 and sources.misses == 2 * misses
+    torch.testing.assert_close(changed, plain, **CLOSE)
+
+
+def test_the_encoder_cache_keeps_within_its_bytes(tiny_rag, decoder_split, rag_episodes):
+    adapted, frozen = decoder_split
+    a, b = (Batch.from_examples(e.support) for e in rag_episodes)
+    off = EncoderCache(0)
+    fn = rag_loss_fn(tiny_rag, frozen, encoder_cache=off)
+    torch.testing.assert_close(
+        fn(adapted, a), call_with(tiny_rag, adapted, frozen, a.questions, a.answers).loss,
+        **CLOSE)
+    assert len(off) == 0 and off.nbytes == 0
+    full = EncoderCache()
+    rag_loss_fn(tiny_rag, frozen, encoder_cache=full)(adapted, a)
+    one = next(iter(full.entries.values()))
+    small = EncoderCache(2 * one.numel() * one.element_size())
+    fn = rag_loss_fn(tiny_rag, frozen, encoder_cache=small)
+    for batch in (a, b):
+        fn(adapted, batch)
+        assert 0 < small.nbytes <= small.max_bytes
+        assert small.nbytes == sum(v.numel() * v.element_size() for v in small.entries.values())
+    with pytest.raises(ValueError, match="max_bytes"):
+        EncoderCache(-1)
