@@ -12,7 +12,8 @@ Kinds:
 
 - ``"bert2bert"`` (default): ``EncoderDecoderModel`` warm-started from two copies of
   a BERT checkpoint (Rothe et al. 2020), MiniLM by default. The decoder's
-  cross-attention and LM-head transform start random.
+  cross-attention starts as a copy of its self-attention; the LM-head transform
+  starts random.
 - ``"seq2seq"``: T5/BART, ``AutoModelForSeq2SeqLM``.
 - ``"causal"``: GPT-2 family, ``AutoModelForCausalLM``; source and answer form one
   sequence ``source answer: target <eos>``.

@@ -133,6 +133,7 @@ def load_model(kind: str, path: str, config: Any) -> Any:
         decoder, info = _quiet_load(AutoModelForCausalLM.from_pretrained, path, is_decoder=True,
                                     add_cross_attention=True, **eager)
         _report_load(path, info, part="bert2bert decoder", warm_start=True)
+        copy_self_to_cross_attention(decoder)
         with quiet_transformers():
             return EncoderDecoderModel(encoder=encoder, decoder=decoder)
     if kind == "seq2seq":
@@ -144,6 +145,22 @@ def load_model(kind: str, path: str, config: Any) -> Any:
     model, info = _quiet_load(AutoModelForCausalLM.from_pretrained, path, **extra, **eager)
     _report_load(path, info, part=kind, warm_start=kind == "bert-lm")
     return model
+
+
+def copy_self_to_cross_attention(decoder: Any) -> None:
+    """Start each decoder layer's new cross-attention as a copy of its self-attention.
+
+    The encoder is the same checkpoint, so its outputs live in the space the
+    self-attention was trained on: the copy attends to passage tokens the way
+    the checkpoint attends within a text, where a random cross-attention must
+    first learn to look at the passage at all (BERT2BERT then wrote one answer
+    for every passage after 800 steps; docs/RESULTS.md).
+    """
+    layers = [m for m in decoder.modules() if hasattr(m, "crossattention")]
+    for layer in layers:
+        layer.crossattention.load_state_dict(layer.attention.state_dict())
+    logger.info("bert2bert: %d cross-attention layers start as copies of their self-attention",
+                len(layers))
 
 
 def _quiet_load(loader: Any, path: str, **kwargs: Any) -> tuple[Any, dict[str, Any]]:

@@ -246,6 +246,12 @@ def test_minilm_bert2bert_from_pretrained(capfd: pytest.CaptureFixture[str],
         assert cfg.eos_token_id == tok.sep_token_id
     assert {m.config._attn_implementation for m in gen.model.modules()
             if hasattr(m, "config")} == {"eager"}
+    layers = gen.model.decoder.bert.encoder.layer
+    for layer in layers:  # cross-attention starts as a copy of self-attention, not random
+        cross, own = layer.crossattention.state_dict(), layer.attention.state_dict()
+        assert cross.keys() == own.keys()
+        assert all(torch.equal(cross[k], own[k]) for k in own)
+    assert layers[0].crossattention.self.query.weight is not layers[0].attention.self.query.weight
     out = gen.generate(SOURCES, max_new_tokens=3)
     assert len(out) == 2 and all(isinstance(a, str) for a in out)
     with torch.no_grad():
