@@ -125,7 +125,7 @@ def build_model(config: ModelConfig, *, seed: int = 0) -> BuiltModel:
     double backward there). Adapters (``config.lora``, ``config.soft_prompt_tokens``)
     are added to the generator last; ``seed`` also seeds LoRA's A matrices.
     """
-    # Weights that start random (BERT2BERT's cross-attention, bert-lm's LM head) come
+    # Weights that start random (a MiniLM warm start's LM-head transform) come
     # from ``seed``, not from whatever the global RNG holds: every method of a
     # comparison starts from the same model.
     with torch.random.fork_rng():
