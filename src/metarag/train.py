@@ -21,13 +21,14 @@ from typing import Any
 import torch
 
 from metarag.checkpoint import (
+    Checkpoint,
     latest_checkpoint,
     load_checkpoint,
     restore_optimizer,
     restore_rng,
     save_checkpoint,
 )
-from metarag.config import save_config
+from metarag.config import ConfigError, from_dict, save_config
 from metarag.data.schema import QAExample, Task
 from metarag.errors import MetaRAGError
 from metarag.rag.build import (
@@ -144,6 +145,34 @@ def lr_factor(step: int, warmup: int, total: int) -> float:
     return max(0.0, (total - step) / max(1, total - warmup))
 
 
+
+def checkpoint_to_resume(out: Path, model_config: ModelConfig, resume: bool) -> Checkpoint | None:
+    """The checkpoint a run continues from, or None for a fresh run in an empty ``out``.
+
+    Raises:
+        TrainingError: ``resume`` without a checkpoint in ``out``; a fresh run over
+            an existing one (it would mix two runs' checkpoints); or a checkpoint
+            of another model config. Configs saved before a field existed compare
+            with that field at its default.
+    """
+    latest = latest_checkpoint(out)
+    if not resume:
+        if latest is not None:
+            raise TrainingError(f"{out} already holds a run; pass --resume to continue it, "
+                                "or choose another --out")
+        return None
+    if latest is None:
+        raise TrainingError(f"--resume: no checkpoint in {out}; start without --resume")
+    ckpt = load_checkpoint(latest)
+    try:
+        same = from_dict(ModelConfig, ckpt.state[MODEL_CONFIG_KEY]) == model_config
+    except (KeyError, ConfigError):  # no model config, or one this version cannot read
+        same = False
+    if not same:
+        raise TrainingError(f"{latest}: was trained with another model config; "
+                            "resume with the run's own config.yaml")
+    return ckpt
+
 def train(config: TrainConfig, *, resume: bool = False, tasks: list[Task] | None = None,
           stop_after: int | None = None, show_progress: bool = True) -> TrainResult:
     """Train (or resume) a run; see the module docstring for the loop.
@@ -187,22 +216,13 @@ def train(config: TrainConfig, *, resume: bool = False, tasks: list[Task] | None
         lr=config.optim.lr, weight_decay=config.optim.weight_decay)
 
     start = 0
-    if resume:
-        ckpt_path = latest_checkpoint(out)
-        if ckpt_path is None:
-            raise TrainingError(f"--resume: no checkpoint in {out}; start without --resume")
-        ckpt = load_checkpoint(ckpt_path)
-        if ckpt.state.get(MODEL_CONFIG_KEY) != asdict(config.model):
-            raise TrainingError(f"{ckpt_path}: was trained with another model config; "
-                                "resume with the run's own config.yaml")
+    ckpt = checkpoint_to_resume(out, config.model, resume)
+    if ckpt is not None:
         load_weights(model, ckpt)
         restore_optimizer(optimizer, ckpt, names)
         start = int(ckpt.state["step"])
         restore_rng(ckpt)
-        logger.info("resumed %s at step %d", ckpt_path, start)
-    elif latest_checkpoint(out) is not None:
-        raise TrainingError(f"{out} already holds a run; pass --resume to continue it, "
-                            "or choose another --out")
+        logger.info("resumed %s at step %d", ckpt.path, start)
     save_config(config, out / "config.yaml")
     log = RunLog(out, start, tensorboard=config.tensorboard)
 

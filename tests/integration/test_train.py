@@ -120,3 +120,24 @@ def test_retriever_lr_zero_leaves_the_query_encoder_alone(tmp_path, tiny_encoder
     # weight decay is decoupled and scaled by the lr, so a zero rate moves nothing
     assert all(torch.equal(trained[k], initial[k]) for k in query)
     assert any(not torch.equal(trained[k], initial[k]) for k in generator)
+
+
+def test_resume_accepts_configs_saved_before_a_field_existed(tmp_path):
+    """A checkpoint whose model config lacks a newer field (at its default) resumes;
+    one with another value is refused."""
+    from dataclasses import asdict
+
+    from metarag.checkpoint import save_checkpoint
+    from metarag.train import checkpoint_to_resume
+
+    config = ModelConfig(rag=RAGConfig(k=2))
+    older = asdict(config)
+    del older["lora"]  # written before ModelConfig.lora existed
+    save_checkpoint(tmp_path / "old", 1, model={"w": torch.zeros(1)},
+                    state={"model_config": older, "step": 1})
+    assert checkpoint_to_resume(tmp_path / "old", config, resume=True).state["step"] == 1
+    with pytest.raises(TrainingError, match="another model config"):
+        checkpoint_to_resume(tmp_path / "old", ModelConfig(rag=RAGConfig(k=3)), resume=True)
+    with pytest.raises(TrainingError, match="already holds a run"):
+        checkpoint_to_resume(tmp_path / "old", config, resume=False)
+    assert checkpoint_to_resume(tmp_path / "empty", config, resume=False) is None

@@ -32,7 +32,6 @@ from torch import Tensor
 
 from metarag.checkpoint import (
     latest_checkpoint,
-    load_checkpoint,
     restore_optimizer,
     restore_rng,
     save_checkpoint,
@@ -46,7 +45,14 @@ from metarag.meta.inner import Batch, LearningRate, NonFiniteLossError, inner_lo
 from metarag.meta.params import Params, split_params
 from metarag.rag.build import AUX_PREFIX, MODEL_CONFIG_KEY, ModelConfig, build_model, load_weights
 from metarag.rag.model import EncoderCache, RAGModel
-from metarag.train import DataConfig, RunLog, TrainingError, embed_corpus, lr_factor
+from metarag.train import (
+    DataConfig,
+    RunLog,
+    TrainingError,
+    checkpoint_to_resume,
+    embed_corpus,
+    lr_factor,
+)
 
 ALGORITHMS = ("maml", "fomaml", "reptile", "meta_sgd")
 LEARNED_LR_PREFIX = AUX_PREFIX + "inner_lr."
@@ -222,14 +228,8 @@ def meta_train(config: MetaTrainConfig, *, resume: bool = False, tasks: list[Tas
     optimizer = torch.optim.Adam(list(opt_params.values()), lr=meta.outer_lr)
 
     start = 0
-    if resume:
-        ckpt_path = latest_checkpoint(out)
-        if ckpt_path is None:
-            raise TrainingError(f"--resume: no checkpoint in {out}; start without --resume")
-        ckpt = load_checkpoint(ckpt_path)
-        if ckpt.state.get(MODEL_CONFIG_KEY) != asdict(config.model):
-            raise TrainingError(f"{ckpt_path}: was trained with another model config; "
-                                "resume with the run's own config.yaml")
+    ckpt = checkpoint_to_resume(out, config.model, resume)
+    if ckpt is not None:
         load_weights(model, ckpt)
         if rates is not None:
             with torch.no_grad():
@@ -239,9 +239,6 @@ def meta_train(config: MetaTrainConfig, *, resume: bool = False, tasks: list[Tas
         sampler.load_state_dict(ckpt.state["sampler"])
         start = int(ckpt.state["step"])
         restore_rng(ckpt)
-    elif latest_checkpoint(out) is not None:
-        raise TrainingError(f"{out} already holds a run; pass --resume to continue it, "
-                            "or choose another --out")
     save_config(config, out / "config.yaml")
     log = RunLog(out, start, tensorboard=config.tensorboard)
     val_episodes = _validation_episodes(tasks, config)
