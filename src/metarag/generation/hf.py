@@ -176,9 +176,10 @@ def _report_load(path: str, info: dict[str, Any], *, part: str = "model",
                  warm_start: bool = False) -> None:
     """Log what a load left random or unused: info when a warm start expects it, else warning.
 
-    Loading MiniLM as a decoder misses the MLM head and (for bert2bert) the
-    cross-attention, which start random, and leaves the pooler unused; that is
-    the warm start working as designed, not a broken checkpoint.
+    Loading MiniLM as a decoder misses the MLM head (it starts random) and, for
+    bert2bert, the cross-attention (copied from self-attention afterwards, see
+    `copy_self_to_cross_attention`), and leaves the pooler unused; that is the
+    warm start working as designed, not a broken checkpoint.
     """
     missing = list(info.get("missing_keys", []))
     unused = list(info.get("unexpected_keys", []))
@@ -187,9 +188,11 @@ def _report_load(path: str, info: dict[str, Any], *, part: str = "model",
         new = [k for k in missing if any(p in k for p in _WARM_START_MISSING)]
         dropped = [k for k in unused if any(p in k for p in _WARM_START_UNUSED)]
         if new or dropped:
-            logger.info("%s warm-started from %s: %d new tensors start random (cross-attention, "
-                        "LM head), %d checkpoint tensors unused (pooler, MLM head); expected, "
-                        "train before use", part, path, len(new), len(dropped))
+            cross = sum("crossattention" in k for k in new)
+            logger.info("%s warm-started from %s: %d new LM-head tensors start random, "
+                        "%d new cross-attention tensors, %d checkpoint tensors unused (pooler, "
+                        "MLM head); expected, train before use", part, path, len(new) - cross,
+                        cross, len(dropped))
         missing = [k for k in missing if k not in new]
         unused = [k for k in unused if k not in dropped]
     if missing or unused or mismatched:
