@@ -8,6 +8,9 @@ tiny BERT2BERT RAG model.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import pytest
 import torch
 
@@ -29,6 +32,21 @@ def decoder_split(tiny_rag):
 
 def support(rag_episodes) -> Batch:
     return Batch.from_examples(rag_episodes[0].support)
+
+
+@contextmanager
+def frozen_encoder_stepped(model) -> Iterator[None]:
+    """Change one frozen encoder weight in place, as an optimizer step would; undo on exit."""
+    name = "generator.model.encoder.encoder.layer.0.output.dense.bias"
+    weight = dict(model.named_parameters())[name]
+    original = weight.detach().clone()
+    try:
+        with torch.no_grad():
+            weight.add_(0.5)  # the frozen view shares the storage, so it sees the change
+        yield
+    finally:
+        with torch.no_grad():
+            weight.copy_(original)
 
 
 def test_frozen_encoder_runs_once_across_calls_and_the_loss_is_unchanged(tiny_rag, decoder_split,
@@ -111,18 +129,10 @@ def test_changed_encoder_weights_or_corpus_are_seen(tiny_rag, decoder_split, rag
     batch = support(rag_episodes)
     cache = ForwardCache()
     call_with(tiny_rag, adapted, frozen, batch.questions, batch.answers, cache=cache)
-    name = "generator.model.encoder.encoder.layer.0.output.dense.bias"
-    weight = dict(tiny_rag.named_parameters())[name]
-    original = weight.detach().clone()
-    try:
-        with torch.no_grad():
-            weight.add_(0.5)  # an optimizer step in place: the frozen view sees it
+    with frozen_encoder_stepped(tiny_rag):
         changed = call_with(tiny_rag, adapted, frozen, batch.questions, batch.answers,
                             cache=cache).loss
         plain = call_with(tiny_rag, adapted, frozen, batch.questions, batch.answers).loss
-    finally:
-        with torch.no_grad():
-            weight.copy_(original)
     assert cache.hits == 0 and cache.misses == 2
     torch.testing.assert_close(changed, plain, **CLOSE)
 
@@ -234,17 +244,9 @@ def test_the_encoder_cache_empties_when_the_encoder_changes(tiny_rag, decoder_sp
     sources = EncoderCache()
     rag_loss_fn(tiny_rag, frozen, encoder_cache=sources)(adapted, batch)
     misses = sources.misses
-    name = "generator.model.encoder.encoder.layer.0.output.dense.bias"
-    weight = dict(tiny_rag.named_parameters())[name]
-    original = weight.detach().clone()
-    try:
-        with torch.no_grad():
-            weight.add_(0.5)  # an optimizer step in place: the frozen view sees it
+    with frozen_encoder_stepped(tiny_rag):
         changed = rag_loss_fn(tiny_rag, frozen, encoder_cache=sources)(adapted, batch)
         plain = call_with(tiny_rag, adapted, frozen, batch.questions, batch.answers).loss
-    finally:
-        with torch.no_grad():
-            weight.copy_(original)
     assert sources.hits == 0 and sources.misses == 2 * misses
     torch.testing.assert_close(changed, plain, **CLOSE)
 
