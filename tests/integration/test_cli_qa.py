@@ -139,3 +139,19 @@ def test_ask_refuses_an_index_from_another_encoder(setup, tmp_path, tiny_encoder
     message = str(result.exception)
     assert "Rebuild the index with the model's encoder" in message
     assert "metarag index build" in message
+
+
+def test_no_repeat_ngram_is_recorded_and_applied(setup):
+    out = setup["root"] / "no_repeat"
+    result = runner.invoke(app, ["evaluate", "--checkpoint", str(setup["root"] / "run"),
+                                 "--data", str(setup["task"]), "--out", str(out),
+                                 "--no-repeat-ngram", "1"])
+    assert result.exit_code == 0, result.output
+    assert json.loads((out / "metrics.json").read_text())["settings"]["no_repeat_ngram"] == 1
+    preds = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
+    for p in preds:
+        words = p["prediction"].split()
+        assert len(set(words)) == len(words), p["prediction"]
+    bad = runner.invoke(app, ["ask", "--checkpoint", str(setup["checkpoint"]), "--index",
+                              str(setup["index"]), "--no-repeat-ngram", "-1", "Who?"])
+    assert bad.exit_code != 0 and "no-repeat-ngram" in bad.output

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import typer
 
+from metarag.cli.common import NoRepeatOption
+
 SNIPPET = 200  # characters of a cited passage shown in the terminal
 
 
@@ -20,6 +22,7 @@ def ask(
         help="Folder written by `index build` with the model's encoder."),
     k: int | None = typer.Option(None, "-k", min=1,
                                  help="Passages to retrieve. Default: the model's own k."),
+    no_repeat_ngram: int | None = NoRepeatOption,
     as_json: bool = typer.Option(False, "--json", help="Print a JSON object."),
 ) -> None:
     """Answer QUESTION from the indexed passages and list the passages the answer cites.
@@ -32,6 +35,8 @@ def ask(
     from metarag.rag.build import load_trained
 
     built, _ = load_trained(str(checkpoint))
+    if no_repeat_ngram is not None:
+        built.model.config.no_repeat_ngram = no_repeat_ngram
     built.use_index(index, model_name=f"checkpoint {checkpoint}")
     answer = answer_questions(built, [question], k=k)[0]
     citations = [{"id": c.passage_id, "title": c.title, "weight": c.weight,

@@ -21,6 +21,10 @@ CacheDirOption = typer.Option(
     "runs/cache", "--cache-dir",
     help="Reuse passage embeddings saved here (keyed by encoder and corpus); "
     "'none' to always re-encode.")
+NoRepeatOption = typer.Option(
+    None, "--no-repeat-ngram", min=0,
+    help="Never repeat an n-gram of this many tokens within an answer (stops the loops "
+    "of an undertrained generator; 0: off). Default: the model's config (off).")
 EncoderOption = typer.Option(
     None, "--encoder",
     help="Local model folder (or hub name when online). Default: the bundled MiniLM.")

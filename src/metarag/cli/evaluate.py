@@ -8,7 +8,14 @@ from pathlib import Path
 
 import typer
 
-from metarag.cli.common import CacheDirOption, DataOption, TaskOption, cache_dir_value, load
+from metarag.cli.common import (
+    CacheDirOption,
+    DataOption,
+    NoRepeatOption,
+    TaskOption,
+    cache_dir_value,
+    load,
+)
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +41,7 @@ def evaluate(
         None, "--seed", help="Split seed. Default: the one the checkpoint was trained with "
         "(so its test split holds no training example), else 0."),
     cache_dir: str = CacheDirOption,
+    no_repeat_ngram: int | None = NoRepeatOption,
     out: Path = typer.Option(Path("runs/evaluate"), "--out", "-o",
                              help="Folder for metrics.json, metrics.md and predictions.jsonl."),
 ) -> None:
@@ -65,6 +73,8 @@ def evaluate(
         built.model.eval()
         state = {"step": 0, "config": asdict(cfg), "model_config": asdict(cfg.model)}
     built.cache_dir = cache_dir_value(cache_dir)
+    if no_repeat_ngram is not None:
+        built.model.config.no_repeat_ngram = no_repeat_ngram
     if seed is None:
         seed = int(state.get("config", {}).get("data", {}).get("seed", 0))
     tasks = load(data, task, seed)
@@ -79,6 +89,7 @@ def evaluate(
                 "data": str(data) if data else "synthetic", "tasks": [t.name for t in tasks],
                 "split": split, "max_examples": max_examples, "ks": ks, "seed": seed,
                 "model_config": state.get("model_config"),
+                "no_repeat_ngram": built.model.config.no_repeat_ngram,
                 "wall_seconds": time.perf_counter() - started}
     paths = save_results(results, out, settings)
     typer.echo(markdown_report(results))

@@ -45,6 +45,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from metarag.generation.decoding import NoRepeatInAnswer
 from metarag.generation.hf import (
     ENCODER_DECODER_KINDS,
     first_not_none,
@@ -366,7 +367,7 @@ class Generator(nn.Module):
 
     @torch.no_grad()
     def generate(self, sources: Sequence[str], *, max_new_tokens: int = 32, num_beams: int = 1,
-                 batch_size: int = 32) -> list[str]:
+                 batch_size: int = 32, no_repeat_ngram: int = 0) -> list[str]:
         """Greedy (or beam) decoding; answers without special tokens or the prompt.
 
         Runs in eval mode (the previous mode is restored).
@@ -376,15 +377,20 @@ class Generator(nn.Module):
             max_new_tokens: Most answer tokens to write.
             num_beams: 1 for greedy search.
             batch_size: Sources decoded at once.
+            no_repeat_ngram: When > 0, never repeat an n-gram of this many tokens
+                within an answer (a decoder-only model's prompt does not count).
 
         Raises:
             ValueError: When a decoder-only model's position table cannot hold the
                 prompt plus ``max_new_tokens``.
         """
+        from transformers import LogitsProcessorList
+
         sources = _as_list(sources, "sources")
-        if max_new_tokens < 1 or num_beams < 1 or batch_size < 1:
-            raise ValueError(f"max_new_tokens, num_beams and batch_size must be positive, got "
-                             f"{max_new_tokens}, {num_beams}, {batch_size}")
+        if max_new_tokens < 1 or num_beams < 1 or batch_size < 1 or no_repeat_ngram < 0:
+            raise ValueError(f"max_new_tokens, num_beams and batch_size must be positive and "
+                             f"no_repeat_ngram >= 0, got {max_new_tokens}, {num_beams}, "
+                             f"{batch_size}, {no_repeat_ngram}")
         was_training = self.training
         self.eval()
         answers: list[str] = []
@@ -397,9 +403,15 @@ class Generator(nn.Module):
                     raise ValueError(
                         f"prompt ({prompt_len} tokens) + max_new_tokens ({max_new_tokens}) exceeds "
                         f"the model's {limit} positions; lower max_new_tokens or max_source_length")
+                extra = {}
+                if no_repeat_ngram:
+                    answer_from = 0 if self.is_encoder_decoder else prompt_len
+                    extra["logits_processor"] = LogitsProcessorList(
+                        [NoRepeatInAnswer(no_repeat_ngram, answer_from)])
                 out = self.model.generate(**batch, max_new_tokens=max_new_tokens,
                                           num_beams=num_beams, do_sample=False,
-                                          pad_token_id=self.pad_id, eos_token_id=self.eos_id)
+                                          pad_token_id=self.pad_id, eos_token_id=self.eos_id,
+                                          **extra)
                 if not self.is_encoder_decoder:
                     out = out[:, prompt_len:]  # the continuation only
                 chunk = sources[start:start + batch_size]

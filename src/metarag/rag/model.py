@@ -47,6 +47,10 @@ class RAGConfig:
             rescored under every passage; K generations + K*K scorings per
             question) or "fast" (one batched generation from the top passage;
             citations ranked by retrieval). "fast" is for large evaluation grids.
+        no_repeat_ngram: When > 0, an answer never repeats an n-gram of this many
+            tokens: greedy decoding of an undertrained generator can loop
+            ("the results suggest that the results suggest ..."). 0 (off) keeps
+            plain greedy decoding, which the results in docs/RESULTS.md used.
     """
 
     k: int = 4
@@ -55,6 +59,7 @@ class RAGConfig:
     fusion: Fusion = "sequence"
     max_new_tokens: int = 32
     decoding: Literal["thorough", "fast"] = "thorough"
+    no_repeat_ngram: int = 0
 
     def __post_init__(self) -> None:
         if self.k < 1:
@@ -65,6 +70,8 @@ class RAGConfig:
             raise ValueError(f"fusion must be 'sequence' or 'concat', got {self.fusion!r}")
         if self.decoding not in ("thorough", "fast"):
             raise ValueError(f"decoding must be 'thorough' or 'fast', got {self.decoding!r}")
+        if self.no_repeat_ngram < 0:
+            raise ValueError(f"no_repeat_ngram must be >= 0 (0: off), got {self.no_repeat_ngram}")
 
 
 @dataclass
@@ -439,6 +446,7 @@ class RAGModel(nn.Module):
         With ``config.decoding == "fast"``: greedy from the top passage, citations by p(z|x).
         """
         max_new = max_new_tokens or self.config.max_new_tokens
+        decode = {"max_new_tokens": max_new, "no_repeat_ngram": self.config.no_repeat_ngram}
         doc_logits, top = self.retrieve(questions, k)
         scores = doc_logits * self.config.temperature
         fast = None
@@ -446,7 +454,7 @@ class RAGModel(nn.Module):
             keep = 1 if self.config.fusion == "sequence" else None  # concat reads all k
             fast = self.generator.generate(
                 [format_source(q, [self.passages[j] for j in row[:keep]])
-                 for q, row in zip(questions, top.tolist())], max_new_tokens=max_new)
+                 for q, row in zip(questions, top.tolist())], **decode)
         results = []
         for i, question in enumerate(questions):
             passages = [self.passages[j] for j in top[i].tolist()]
@@ -454,10 +462,10 @@ class RAGModel(nn.Module):
                 text, weights = fast[i], doc_logits[i].softmax(-1)
             elif self.config.fusion == "concat":
                 text = self.generator.generate([format_source(question, passages)],
-                                               max_new_tokens=max_new)[0]
+                                               **decode)[0]
                 weights = doc_logits[i].softmax(-1)
             else:
-                text, weights = self._best_candidate(question, passages, doc_logits[i], max_new)
+                text, weights = self._best_candidate(question, passages, doc_logits[i], decode)
             order = weights.argsort(descending=True).tolist()
             results.append(Answer(question, text, [
                 Citation(passages[z].id, passages[z].title, passages[z].text,
@@ -465,9 +473,9 @@ class RAGModel(nn.Module):
         return results
 
     def _best_candidate(self, question: str, passages: list[Passage], doc_logits: torch.Tensor,
-                        max_new: int) -> tuple[str, torch.Tensor]:
+                        decode: dict[str, int]) -> tuple[str, torch.Tensor]:
         sources = [format_source(question, [p]) for p in passages]             # K inputs
-        candidates = list(dict.fromkeys(self.generator.generate(sources, max_new_tokens=max_new)))
+        candidates = list(dict.fromkeys(self.generator.generate(sources, **decode)))
         c, k = len(candidates), len(sources)
         batch = self.generator.tokenize([s for _ in candidates for s in sources],
                                         [y for y in candidates for _ in sources])

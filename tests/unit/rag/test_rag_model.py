@@ -142,3 +142,17 @@ def test_fast_decoding_is_greedy_from_the_top_passage_in_one_batch(model):
                                                              for r in top.tolist()]
     with pytest.raises(ValueError, match="decoding must be"):
         RAGConfig(decoding="beam")
+
+
+def test_no_repeat_ngram_reaches_every_decoding(model):
+    questions = ["What dose of Zorblat?"]
+    with pytest.raises(ValueError, match="no_repeat_ngram"):
+        RAGConfig(no_repeat_ngram=-1)
+    for decoding in ("fast", "thorough"):
+        model.config.decoding, model.config.no_repeat_ngram = decoding, 0
+        [plain] = model.answer(questions, max_new_tokens=16)
+        assert len(set(plain.answer.split())) < len(plain.answer.split())  # random weights loop
+        model.config.no_repeat_ngram = 1
+        [answer] = model.answer(questions, max_new_tokens=16)
+        words = answer.answer.split()
+        assert len(set(words)) == len(words), (decoding, answer.answer)
