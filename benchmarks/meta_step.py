@@ -128,7 +128,7 @@ def build_setup(name: str, args: argparse.Namespace) -> Setup:
         config = ModelConfig(encoder=tiny_encoder_dir(), generator="tiny", rag=rag, **lengths)
     else:
         config = ModelConfig(rag=rag, **lengths)
-    torch.manual_seed(args.seed)  # the generator's cross-attention starts random
+    torch.manual_seed(args.seed)  # the LM-head transform starts random
     built = build_model(config, seed=args.seed)
     built.cache_dir = args.cache_dir
     model = built.model
