@@ -20,7 +20,8 @@ adaptation steps at ``curve_shots``) comes from snapshots of the same runs.
 
 Everything lands in ``out/results.json``; `metarag.evaluation.report` turns it
 into report.md and PNG plots. Trained starting points are kept under
-``out/<domain>/`` and reused (or resumed) when the benchmark is run again.
+``out/<domain>/`` and reused (or resumed) when the benchmark is run again with
+the same training settings; other settings are refused, naming what differs.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from typing import Any
 import torch
 
 from metarag.checkpoint import latest_checkpoint, load_checkpoint
+from metarag.config import ConfigError, from_dict, to_dict
 from metarag.data.schema import QAExample, Task
 from metarag.errors import MetaRAGError
 from metarag.meta.adapt import AdaptConfig, adapted_names, support_batches, swapped_params
@@ -192,13 +194,50 @@ def meta_examples(config: MetaTrainConfig) -> int:
     return m.steps * m.meta_batch * (max(1, config.inner.steps) * m.n_shot + m.n_query)
 
 
+# Settings that do not change what a run learns: a run differing only in these is reused.
+_BOOKKEEPING = {"out", "cache_dir", "tensorboard", "log_every", "checkpoint_every",
+                "keep_checkpoints", "encoder_cache_mb"}
+
+
 def _train_or_resume(fn: Any, cfg: Any, steps: int, tasks: list[Task], show_progress: bool
                      ) -> None:
     last = latest_checkpoint(cfg.out)
-    if last is not None and int(load_checkpoint(last).state["step"]) >= steps:
-        logger.info("reusing %s", last)
-        return
+    if last is not None:
+        state = load_checkpoint(last).state
+        _check_same_settings(cfg, state.get("config"), last)
+        if int(state["step"]) >= steps:
+            logger.info("reusing %s", last)
+            return
     fn(cfg, resume=last is not None, tasks=tasks, show_progress=show_progress)
+
+
+def _check_same_settings(cfg: Any, saved: Any, checkpoint: Any) -> None:
+    """Refuse to reuse or resume a starting point trained with other settings.
+
+    Configs saved before a field existed compare with that field at its default.
+    """
+    try:
+        before = to_dict(from_dict(type(cfg), saved))
+    except ConfigError:  # no config, or one this version cannot read
+        before = {}
+    before, now = _flat(before), _flat(to_dict(cfg))
+    keys = {k for k in set(now) | set(before) if k.split(".")[0] not in _BOOKKEEPING}
+    changed = sorted(k for k in keys if before.get(k) != now.get(k))
+    if changed:
+        raise BenchmarkError(
+            f"{checkpoint} was trained with other settings ({', '.join(changed)} differ from "
+            "this benchmark's); delete its folder or give the benchmark another `out`")
+
+
+def _flat(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"meta": {"steps": 60}}`` -> ``{"meta.steps": 60}``."""
+    flat: dict[str, Any] = {}
+    for key, value in config.items():
+        if isinstance(value, dict):
+            flat.update(_flat(value, f"{prefix}{key}."))
+        else:
+            flat[prefix + key] = value
+    return flat
 
 
 def _load_start(base: BuiltModel, run: str) -> BuiltModel:

@@ -105,3 +105,8 @@ def test_benchmark_writes_results_report_and_plots(tmp_path, tiny_encoder_dir):
     result = runner.invoke(app, ["benchmark", "--config", str(path), "--set", "seeds=[0]"])
     assert result.exit_code == 0, result.output
     assert latest_checkpoint(bench / "synthetic_legal" / "meta") == before  # reused
+    # A starting point trained with other settings is refused, not silently reused.
+    result = runner.invoke(app, ["benchmark", "--config", str(path), "--set",
+                                 "meta.meta.steps=1"])
+    assert result.exit_code != 0  # `metarag` prints the message (cli.main); the runner keeps it
+    assert "other settings (meta.steps differ" in str(result.exception)
