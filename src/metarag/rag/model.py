@@ -88,6 +88,18 @@ class RAGOutput:
 DEFAULT_ENCODER_CACHE_BYTES = 512 * 2**20
 
 
+def same_tensors(weights: list[torch.Tensor], stored: list[torch.Tensor],
+                 versions: list[int]) -> bool:
+    """Whether ``weights`` are the very ``stored`` tensors, unmodified since (version counters).
+
+    What a cache of the frozen encoder's outputs checks before reuse: under
+    ``functional_call`` other tensors may be swapped in, and an optimizer step
+    updates the same tensors in place.
+    """
+    return (len(weights) == len(stored) and all(a is b for a, b in zip(weights, stored))
+            and [w._version for w in weights] == versions)
+
+
 class EncoderCache:
     """The frozen generator encoder's outputs per source, kept across batches and meta-steps.
 
@@ -140,12 +152,9 @@ class EncoderCache:
             weights: The encoder's weights as this call uses them (identity and
                 version counters are compared with those of the stored entries).
         """
-        versions = [w._version for w in weights]
-        if not (len(weights) == len(self.weights)
-                and all(a is b for a, b in zip(weights, self.weights))
-                and versions == self.versions):
+        if not same_tensors(weights, self.weights, self.versions):
             self.clear()
-            self.weights, self.versions = weights, versions
+            self.weights, self.versions = weights, [w._version for w in weights]
         b, s = input_ids.shape
         lengths = attention_mask.sum(-1)                                             # (B,)
         positions = torch.arange(s, device=attention_mask.device)
@@ -414,11 +423,8 @@ class RAGModel(nn.Module):
         if any(w.requires_grad for w in weights) or any(m.training for m in encoder.modules()):
             cache.misses += 1
             return None
-        versions = [w._version for w in weights]
-        same = (cache.encoder_states is not None and len(weights) == len(cache.encoder_weights)
-                and all(a is b for a, b in zip(weights, cache.encoder_weights))
-                and versions == cache.encoder_versions)
-        if same:
+        if cache.encoder_states is not None and same_tensors(weights, cache.encoder_weights,
+                                                             cache.encoder_versions):
             cache.hits += 1
             return cache.encoder_states
         cache.misses += 1
@@ -428,7 +434,7 @@ class RAGModel(nn.Module):
                                               batch["attention_mask"], weights)
             else:
                 states = self.generator.encode(batch["input_ids"], batch["attention_mask"])
-        cache.encoder_weights, cache.encoder_versions = weights, versions
+        cache.encoder_weights, cache.encoder_versions = weights, [w._version for w in weights]
         cache.encoder_states = states
         return states
 
