@@ -13,7 +13,7 @@ next is built), so memory grows with the inner steps, not the meta-batch size.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -163,7 +163,8 @@ def _maml_task(loss_fn: LossFn, meta_params: Mapping[str, Tensor], episode: Task
     """One task of `maml_step`: adapt, score the query set, add its share of the gradients."""
     support_losses: list[float] = []
     adapted = _adapt(loss_fn, meta_params, episode, where, steps=inner_steps, lr=inner_lr,
-                     first_order=first_order, record=support_losses)
+                     first_order=first_order, record=support_losses,
+                     on_identity_grad=accumulate.add_by_name(list(meta_params)))
     query_loss = loss_fn(adapted, episode.query)
     # The graph keeps the adapted weights it needs; dropping the dict frees the rest now.
     del adapted
@@ -203,6 +204,20 @@ class _GradAccumulator:
         for total, g in zip(self._totals, grads):
             if g is not None:
                 total.add_(g)
+
+    def add(self, i: int, grad: Tensor) -> None:
+        """Add a gradient of ``targets[i]`` computed outside ``__call__`` (e.g. from a hook)."""
+        if not self.in_place:
+            self._totals[i].add_(grad)
+        elif self.targets[i].grad is None:
+            self.targets[i].grad = grad.detach().clone()  # autograd may still use ``grad``
+        else:
+            self.targets[i].grad.add_(grad)
+
+    def add_by_name(self, names: list[str]) -> Callable[[str, Tensor], None]:
+        """`add` for targets named ``names`` (the first ``len(names)`` targets, in order)."""
+        index = {k: i for i, k in enumerate(names)}
+        return lambda name, grad: self.add(index[name], grad)
 
     def totals(self) -> list[Tensor]:
         if not self.in_place:
@@ -354,11 +369,12 @@ def _task_label(i: int, n: int, episode: TaskEpisode) -> str:
 
 
 def _adapt(loss_fn: LossFn, params: Mapping[str, Tensor], episode: TaskEpisode, where: str, *,
-           steps: int, lr: LearningRate, first_order: bool, record: list[float]) -> Params:
+           steps: int, lr: LearningRate, first_order: bool, record: list[float],
+           on_identity_grad: Callable[[str, Tensor], None] | None = None) -> Params:
     """`inner_loop` on the episode's support set, recording losses and naming the task on error."""
     try:
         return inner_loop(loss_fn, params, episode.support, steps=steps, lr=lr,
-                          first_order=first_order,
+                          first_order=first_order, on_identity_grad=on_identity_grad,
                           on_step=lambda _step, loss: record.append(loss.item()))
     except NonFiniteLossError as err:
         raise NonFiniteLossError(f"{where}, {err}") from err

@@ -21,6 +21,7 @@ import math
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import torch
@@ -178,6 +179,7 @@ def inner_loop(
     lr: LearningRate,
     first_order: bool,
     on_step: Callable[[int, Tensor], None] | None = None,
+    on_identity_grad: Callable[[str, Tensor], None] | None = None,
 ) -> Params:
     """Adapt ``params`` by ``steps`` full-batch gradient steps on ``support``.
 
@@ -195,6 +197,14 @@ def inner_loop(
             adaptation use.
         on_step: Called as ``on_step(step, loss)`` with the 1-based step number and
             the detached support loss *before* that step's update.
+        on_identity_grad: Second order only. The first step is built as
+            ``theta_1 = theta_0.detach() - lr * g_0``, so a later backward reaches
+            theta_0 only through g_0 (the Hessian-vector term); the identity term, the
+            gradient arriving at ``theta_1[name]``, is passed to
+            ``on_identity_grad(name, grad)`` instead, e.g. to add it into theta_0's
+            ``.grad``. Same gradient in total, but autograd no longer buffers that
+            term for theta_0 while it runs the second-order backward: one copy of
+            the adapted weights less at a MAML step's peak (`maml_step` uses it).
 
     Returns:
         A new dict of adapted tensors with the same names. Parameters the loss
@@ -210,6 +220,7 @@ def inner_loop(
     if steps == 0:
         return dict(params)
     names = list(params)
+    first: Params = {}  # theta_1's weights whose identity term goes to on_identity_grad
     # Autograd needs leaves that require grad; aliasing keeps the caller's flags untouched.
     current = {k: v if v.requires_grad else v.detach().requires_grad_() for k, v in params.items()}
     # Test-time adaptation may be called from evaluation code running under no_grad.
@@ -224,12 +235,23 @@ def inner_loop(
                 on_step(step, loss.detach())
             grads = torch.autograd.grad(loss, [current[k] for k in names],
                                         create_graph=not first_order, allow_unused=True)
-            current = {k: current[k] if g is None else _step(current[k], g, lr, k)
+            split = set()
+            if step == 1 and on_identity_grad is not None and not first_order:
+                # A gradient with no graph (constant in the weights) has no Hessian term to
+                # carry the meta-gradient: its weight keeps the plain identity path.
+                split = {k for k, g in zip(names, grads) if g is not None and g.requires_grad}
+            current = {k: current[k] if g is None else
+                       _step(current[k].detach() if k in split else current[k], g, lr, k)
                        for k, g in zip(names, grads)}
+            if split:
+                first = {k: current[k] for k in split}
             # The new weights do not keep the gradients (a scalar rate saves nothing for
             # backward), so they can go now rather than stay through the next step: one
             # copy of the adapted weights less at the peak.
             del grads, loss
+    # Hooked only now: the later inner steps' gradients pass through theta_1 too.
+    for k, theta_1 in first.items():
+        theta_1.register_hook(partial(on_identity_grad, k))
     return current
 
 

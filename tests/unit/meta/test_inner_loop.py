@@ -56,6 +56,26 @@ def test_second_order_terms_are_kept_or_dropped(first_order):
     torch.testing.assert_close(jac, expected, rtol=1e-12, atol=1e-14)
 
 
+def test_identity_term_of_the_first_step_can_be_taken_out_of_the_graph():
+    """on_identity_grad gets the gradient arriving at w1; the graph keeps the Hessian term."""
+    params = {**make_params(), "c": torch.tensor(1.0, dtype=torch.float64, requires_grad=True)}
+    got = {}
+
+    def loss(p, target):  # c's gradient is a constant: it keeps the plain identity path
+        return quadratic(p, target) + 3.0 * p["c"]
+
+    adapted = inner_loop(loss, params, TARGET, steps=2, lr=0.1, first_order=False,
+                         on_identity_grad=lambda k, g: got.setdefault(k, g))
+    assert not got, "the later inner steps' gradients must not reach the callback"
+    w_graph, c_graph = torch.autograd.grad((adapted["w"] + adapted["c"]).sum(),
+                                           [params["w"], params["c"]])
+    # d w2 / d w1 = I - lr A arrives at w1; d w1 / d w0 through the graph is -lr A.
+    step = torch.ones(3, dtype=torch.float64) - 0.1 * A.diagonal()
+    torch.testing.assert_close(got["w"], step, rtol=1e-12, atol=1e-14)
+    torch.testing.assert_close(got["w"] + w_graph, step ** 2, rtol=1e-12, atol=1e-14)
+    assert set(got) == {"w"} and float(c_graph) == 3.0
+
+
 def test_per_parameter_rates_and_detached_start_under_no_grad():
     """Test-time use: detached weights, called under no_grad, rates per parameter."""
     params = {k: v.detach() for k, v in make_params().items()}
