@@ -45,6 +45,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from metarag.generation.attention import absorb_cross_attention
 from metarag.generation.decoding import NoRepeatInAnswer
 from metarag.generation.hf import (
     ENCODER_DECODER_KINDS,
@@ -101,6 +102,7 @@ class Generator(nn.Module):
         self.train(model.training)  # the wrapper follows the model's mode (eval after loading)
         self._warned: set[str] = set()
         force_eager(model)
+        absorb_cross_attention(model)
         self.eos_id, self.pad_id, self.decoder_start_id = special_ids(model, tokenizer, kind)
         sync_special_ids(model, eos=self.eos_id, pad=self.pad_id,
                          bos=first_not_none(tokenizer.bos_token_id, tokenizer.cls_token_id),
@@ -327,27 +329,53 @@ class Generator(nn.Module):
         if labels is None:
             raise ValueError("Generator.forward needs labels: build the batch with "
                              "tokenize(sources, targets)")
+        labelled = labels != IGNORE_INDEX                                             # (B, T)
         if self.is_encoder_decoder:
             decoder_input_ids = _shift_right(labels, self.decoder_start_id, self.pad_id)
             # Labels are right-padded and the decoder is causal, so padded decoder
             # positions never influence real ones: no decoder mask needed.
             # A tuple is what HF's encoder-decoder models take in place of running the encoder.
             reuse = {"encoder_outputs": (encoder_states,)} if encoder_states is not None else {}
-            logits = self.model(input_ids=input_ids, attention_mask=attention_mask,
-                                decoder_input_ids=decoder_input_ids, use_cache=False,
-                                **reuse).logits
+            # Decoder position t predicts labels[:, t].
+            logits = self._labelled_logits(labelled, input_ids=input_ids,
+                                           attention_mask=attention_mask,
+                                           decoder_input_ids=decoder_input_ids, use_cache=False,
+                                           **reuse)
         else:
             if encoder_states is not None:
                 raise ValueError(f"encoder_states is for encoder-decoder generators; this "
                                  f"one is {self.kind!r}")
             # Left padding: positions count real tokens only, as in generate().
             position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)  # (B, L)
-            keep = labels.shape[1] + 1  # logits at L-T-1 .. L-2 predict the last T tokens
+            keep = labels.shape[1] + 1  # positions L-T-1 .. L-2 predict the last T tokens
             kwargs = {"logits_to_keep": keep} if self._keeps_logits else {}
-            logits = self.model(input_ids=input_ids, attention_mask=attention_mask,
-                                position_ids=position_ids, use_cache=False, **kwargs).logits
-            logits = logits[:, -keep:-1]  # (B, T, V)
-        return sequence_log_likelihood(logits, labels)
+            width = keep if self._keeps_logits else input_ids.shape[1]
+            predicts = labelled.new_zeros(labelled.shape[0], width)                   # (B, W)
+            predicts[:, width - keep:width - 1] = labelled
+            logits = self._labelled_logits(predicts, input_ids=input_ids,
+                                           attention_mask=attention_mask,
+                                           position_ids=position_ids, use_cache=False, **kwargs)
+        return labelled_log_likelihood(logits, labels)
+
+    def _labelled_logits(self, positions: torch.Tensor, **inputs: Any) -> torch.Tensor:
+        """(N, V) logits at the N True ``positions`` (B, W) of the LM head's input.
+
+        The vocabulary projection (V ~ 30k) runs on labelled positions only, not on
+        padding: the (positions, V) tensors are most of a training forward's memory
+        with short answers, and more so under second-order autograd.
+        """
+        def select(_module: nn.Module, args: tuple) -> tuple:
+            return (args[0][positions], *args[1:])
+
+        head = self.model.get_output_embeddings()
+        handle = head.register_forward_pre_hook(select) if head is not None else None
+        try:
+            logits = self.model(**inputs).logits
+        finally:
+            if handle is not None:
+                handle.remove()
+        # A model that does not call its head as a module returns every position.
+        return logits if logits.dim() == 2 else logits[positions]
 
     def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """Encoder-decoder kinds: the encoder's last hidden states (B, S, H) for a source batch.
@@ -527,6 +555,22 @@ def sequence_log_likelihood(logits: torch.Tensor, labels: torch.Tensor) -> torch
     nll = nn.functional.cross_entropy(logits.float().reshape(b * t, v), labels.reshape(b * t),
                                       ignore_index=IGNORE_INDEX, reduction="none")
     return -nll.view(b, t).sum(-1)
+
+
+def labelled_log_likelihood(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """`sequence_log_likelihood` from logits at the labelled positions only.
+
+    Args:
+        logits: (N, V), one row per labelled token of ``labels`` in row-major order.
+        labels: (B, T) ids, -100 where nothing is predicted (N entries are not).
+
+    Returns:
+        (B,) float32; 0 for a row with no labelled token.
+    """
+    labelled = labels != IGNORE_INDEX
+    nll = nn.functional.cross_entropy(logits.float(), labels[labelled], reduction="none")
+    rows = labelled.nonzero()[:, 0]                                                    # (N,)
+    return torch.zeros(labels.shape[0], device=nll.device).index_add(0, rows, -nll)
 
 
 def token_nll(log_likelihood: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

@@ -96,9 +96,15 @@ def test_tokenize_shapes_and_label_masking(gen: Generator) -> None:
 
 def test_forward_is_summed_token_log_likelihood(gen: Generator) -> None:
     batch = gen.tokenize(SOURCES, TARGETS)
+    head_rows = []
+    hook = gen.model.get_output_embeddings().register_forward_hook(
+        lambda _m, args, _out: head_rows.append(args[0].shape[:-1].numel()))
     with torch.no_grad():
         ll = gen(**batch)
+        hook.remove()
         expected = _hand_log_likelihood(gen, batch)
+    # The vocabulary projection ran on the labelled positions only, not on padding.
+    assert head_rows == [int((batch["labels"] != IGNORE_INDEX).sum())]
     assert ll.shape == (2,) and torch.isfinite(ll).all() and (ll <= 0).all()
     torch.testing.assert_close(ll.double(), expected, rtol=1e-5, atol=1e-4)
     n_tokens = (batch["labels"] != IGNORE_INDEX).sum()
