@@ -449,7 +449,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--hit-rate-steps", type=int, default=200, help="meta-batches "
                         "drawn to count repeated sources (0: skip)")
     parser.add_argument("--out", default="docs/benchmarks/meta_step.json")
+    parser.add_argument("--merge", nargs="+", metavar="JSON", help="instead of running, merge "
+                        "the JSON files of several invocations (in run order) into --out")
     args = parser.parse_args(argv)
+    if args.merge:
+        return write_json(merge_results([json.loads(Path(p).read_text(encoding="utf-8"))
+                                         for p in args.merge]), args.out)
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -522,26 +527,58 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 "best_peer_memory": c["ratios"].get("best_peer_memory"),
                 "loss_max_abs_diff": c["agreement"]["loss_max_abs_diff"],
                 "grad_max_rel_diff": c["agreement"]["grad_max_rel_diff"]}
-    second_order_default = None
-    if headline:
-        # The meta-training default (MetaTrainConfig.inner.steps) is 1 inner step.
-        key = "1" if "1" in headline else sorted(headline, key=int)[0]
-        second_order_default = {
-            "inner_steps": int(key), **headline[key], "by_inner_steps": headline,
-            "note": "time_ratio/memory_ratio: metarag with its encoder cache warm (the "
-                    "meta-batch's sources seen in an earlier meta-step); cold_*: an empty "
-                    "cache every meta-step"}
     meta["load_average_at_end"] = os.getloadavg()
     meta["wall_s"] = time.perf_counter() - started
     result = {"meta": meta, "settings": {k: v for k, v in vars(args).items() if k != "out"},
               "matmul_peak": peak, "models": setups, "configs": configs,
-              "second_order_default": second_order_default, "source_hit_rate": hit_rates}
-    out = Path(args.out)
+              "second_order_default": _second_order_default(headline),
+              "source_hit_rate": hit_rates}
+    return write_json(result, args.out)
+
+
+def _second_order_default(headline: dict[str, Any]) -> dict[str, Any] | None:
+    """The issue's headline: second-order MAML on the default model, per inner-step count."""
+    if not headline:
+        return None
+    # The meta-training default (MetaTrainConfig.inner.steps) is 1 inner step.
+    key = "1" if "1" in headline else sorted(headline, key=int)[0]
+    return {"inner_steps": int(key), **headline[key], "by_inner_steps": headline,
+            "note": "time_ratio/memory_ratio: metarag with its encoder cache warm (the "
+                    "meta-batch's sources seen in an earlier meta-step); cold_*: an empty "
+                    "cache every meta-step"}
+
+
+def merge_results(results: list[dict[str, Any]]) -> dict[str, Any]:
+    """One result from several invocations (say, split to fit a session), in run order.
+
+    The matmul peak and the sampler's hit rates come from the first run that has them.
+    """
+    headline: dict[str, Any] = {}
+    for r in results:
+        headline.update((r.get("second_order_default") or {}).get("by_inner_steps", {}))
+    runs = [r["meta"] for r in results]
+    return {
+        "meta": {**runs[0], "commands": [m["command"] for m in runs], "runs": runs,
+                 "wall_s": sum(m.get("wall_s", 0.0) for m in runs),
+                 "note": f"{len(runs)} invocations of benchmarks/meta_step.py, merged "
+                         "(configs in run order)"},
+        "settings": [r["settings"] for r in results],
+        "matmul_peak": results[0]["matmul_peak"],
+        "models": {k: v for r in results for k, v in r["models"].items()},
+        "configs": [c for r in results for c in r["configs"]],
+        "second_order_default": _second_order_default(headline),
+        "source_hit_rate": next((r["source_hit_rate"] for r in results
+                                 if r["source_hit_rate"]), [])}
+
+
+def write_json(result: dict[str, Any], path: str) -> dict[str, Any]:
+    out = Path(path)
     if not out.is_absolute():
         out = REPO_ROOT / out
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
-    print(f"\nwrote {out} ({meta['wall_s']:.0f} s)")
+    wall = result["meta"].get("wall_s")
+    print(f"\nwrote {out}" + (f" ({wall:.0f} s)" if wall is not None else ""))
     return result
 
 
