@@ -105,6 +105,26 @@ def test_second_order_maml_equals_the_hand_unrolled_meta_gradient(mlp, episodes)
     assert result.loss == pytest.approx(sum(t.query for t in result.tasks) / 2, rel=1e-12)
 
 
+def test_one_inner_step_takes_its_own_path_to_the_same_meta_gradient(mlp, episodes):
+    """One step (the query pass before the support's second-order graph):
+    grad = mean_i (I - a H(t0)) grad L_query(t1), as by hand and as the general path."""
+    f = Flat(mlp)
+    eye = torch.eye(len(f.theta), dtype=torch.float64)
+    expected = torch.zeros_like(f.theta)
+    for ep in episodes:
+        t1 = f.theta - ALPHA * f.grad(f.theta, ep.support)
+        expected += (eye - ALPHA * f.hessian(f.theta, ep.support)) @ f.grad(t1, ep.query) / 2
+    meta_params = dict(mlp.named_parameters())
+    result = maml_step(mse_fn(mlp), meta_params, episodes, inner_steps=1, inner_lr=ALPHA)
+    torch.testing.assert_close(f.flat(result.grads), expected, **TIGHT)
+    # The general path (per-parameter rate tensors, here all ALPHA) agrees.
+    rates = {k: torch.tensor(ALPHA, dtype=torch.float64) for k in meta_params}
+    general = maml_step(mse_fn(mlp), meta_params, episodes, inner_steps=1, inner_lr=rates)
+    torch.testing.assert_close(f.flat(general.grads), expected, **TIGHT)
+    assert [len(t.support) for t in result.tasks] == [1, 1]
+    assert result.loss == pytest.approx(general.loss, rel=1e-12)
+
+
 def test_first_order_maml_is_the_query_gradient_at_the_adapted_parameters(mlp, episodes):
     f = Flat(mlp)
     expected = torch.zeros_like(f.theta)
