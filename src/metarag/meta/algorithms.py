@@ -9,6 +9,9 @@ steps, and all-reduces them across processes first when training is distributed.
 
 Gradients are accumulated task by task (each task's graph is freed before the
 next is built), so memory grows with the inner steps, not the meta-batch size.
+Second-order MAML with one inner step (the meta-training default) has a path of
+its own that keeps the query pass and the support set's second-order graph apart
+(`_one_step_maml_task`).
 """
 
 from __future__ import annotations
@@ -193,7 +196,7 @@ def _one_step_maml_task(loss_fn: LossFn, meta_params: Mapping[str, Tensor],
     differentiates) is held through the whole query pass. Here the support backward
     runs twice instead: first order for theta' (its forward graph kept), then, once
     v is known, with ``create_graph`` for H v, so the two never coexist. Same
-    gradient for one more support backward: 8% less peak memory for 13% more time
+    gradient for one more support backward: 8% less peak memory for 14% more time
     on the default model (docs/BENCHMARKS.md).
     """
     names = list(meta_params)
