@@ -171,13 +171,9 @@ def _maml_task(loss_fn: LossFn, meta_params: Mapping[str, Tensor], episode: Task
     adapted = _adapt(loss_fn, meta_params, episode, where, steps=inner_steps, lr=inner_lr,
                      first_order=first_order, record=support_losses,
                      on_identity_grad=accumulate.add_by_name(list(meta_params)))
-    query_loss = loss_fn(adapted, episode.query)
+    query_loss = _query_loss(loss_fn, adapted, episode, where, inner_steps)
     # The graph keeps the adapted weights it needs; dropping the dict frees the rest now.
     del adapted
-    check_loss(query_loss, f"{where}: query loss after {inner_steps} inner steps")
-    if not query_loss.requires_grad:
-        raise ValueError(f"{where}: the query loss does not depend on the meta-parameters; "
-                         "does loss_fn use the params it is given?")
     # Backward per task (1/n of the mean) frees this task's graph before the next is built.
     accumulate(query_loss / n_tasks)
     tasks.append(TaskLosses(getattr(episode, "task_name", None), support_losses,
@@ -211,11 +207,7 @@ def _one_step_maml_task(loss_fn: LossFn, meta_params: Mapping[str, Tensor],
     adapted = {k: p if g is None else torch.add(p.detach(), g, alpha=-lr).requires_grad_()
                for k, p, g in zip(names, params, grads)}
     del grads
-    query_loss = loss_fn(adapted, episode.query)
-    check_loss(query_loss, f"{where}: query loss after 1 inner step")
-    if not query_loss.requires_grad:
-        raise ValueError(f"{where}: the query loss does not depend on the meta-parameters; "
-                         "does loss_fn use the params it is given?")
+    query_loss = _query_loss(loss_fn, adapted, episode, where, 1)
     v = torch.autograd.grad(query_loss / n_tasks, [adapted[k] for k in names],
                             allow_unused=True)
     # The query graph's leaves are theta': drop it with them.
@@ -234,6 +226,17 @@ def _one_step_maml_task(loss_fn: LossFn, meta_params: Mapping[str, Tensor],
     tasks.append(TaskLosses(getattr(episode, "task_name", None), [support_loss.item()],
                             query_value))
     return query_value
+
+
+def _query_loss(loss_fn: LossFn, adapted: Params, episode: TaskEpisode, where: str,
+                steps: int) -> Tensor:
+    """The query loss at the adapted weights; raises unless finite and differentiable."""
+    query_loss = loss_fn(adapted, episode.query)
+    check_loss(query_loss, f"{where}: query loss after {steps} inner steps")
+    if not query_loss.requires_grad:
+        raise ValueError(f"{where}: the query loss does not depend on the meta-parameters; "
+                         "does loss_fn use the params it is given?")
+    return query_loss
 
 
 class _GradAccumulator:
