@@ -56,11 +56,14 @@ from metarag.generation.hf import (
     special_ids,
     sync_special_ids,
 )
-from metarag.generation.prompt import CAUSAL_ANSWER_CUE
+from metarag.generation.prompt import CAUSAL_ANSWER_CUE, Source
 
 logger = logging.getLogger(__name__)
 
 KINDS = ("bert2bert", "seq2seq", "causal", "bert-lm")
+# A decoder-only prompt (`Generator._encode_prompt`): "Context: ...\nQuestion: ...\nAnswer:".
+PROMPT_CONTEXT, PROMPT_QUESTION, PROMPT_ANSWER = "Context: ", "Question: ", "Answer:"
+_MIN_CONTEXT_TOKENS = 8  # a passage cut shorter than this is dropped instead
 IGNORE_INDEX = -100  # label value that contributes nothing (padding, source tokens)
 SAVE_FILE = "metarag_generator.json"
 _FORMAT = "metarag-generator"
@@ -117,6 +120,14 @@ class Generator(nn.Module):
         # every source, and the names of the adapters injected into the model.
         self._prompt_ids: list[int] = []
         self.adapters: list[str] = []
+        # Most tokens of a demo's passage in a prompt (see `_encode_prompt`).
+        self.demo_context_tokens = 128
+        # Decoder-only answers end at EOS or at the end of the line.
+        self._stop_ids = [self.eos_id] if self.is_encoder_decoder else [
+            self.eos_id, *newline_ids(tokenizer)]
+        # What the weights were loaded from ("sha256:..." of the GGUF or weight files;
+        # "tiny:<arch>:seed=<n>" for a tiny model); small checkpoints record it.
+        self.base_identity: str | None = None
         self._keeps_logits = "logits_to_keep" in inspect.signature(model.forward).parameters
         self.max_source_length, self.max_target_length = self._fit_lengths(
             max_source_length, max_target_length)
@@ -124,52 +135,62 @@ class Generator(nn.Module):
     # ------------------------------------------------------------------ build
 
     @classmethod
-    def from_pretrained(cls, kind: str = "bert2bert", name_or_path: str | os.PathLike | None = None,
+    def from_pretrained(cls, kind: str = "causal", name_or_path: str | os.PathLike | None = None,
                         *, max_source_length: int = 256, max_target_length: int = 64
                         ) -> Generator:
-        """Load a generator from a local Hugging Face model directory.
+        """Load a generator from a local model folder or GGUF file.
 
         Args:
             kind: One of :data:`KINDS`.
-            name_or_path: A local model directory (or a hub name when online). None
-                means the bundled MiniLM, which only suits the BERT kinds
-                ("bert2bert", "bert-lm"). For "bert2bert", a BERT directory is
+            name_or_path: A local Hugging Face model folder, a ``.gguf`` file
+                (converted once into the user cache, see `metarag.generation.base`),
+                or a hub name when online. None means the kind's default: Gemma 3
+                270M for "causal"; the bundled MiniLM for the BERT kinds
+                ("bert2bert", "bert-lm"). For "bert2bert", a BERT folder is
                 warm-started into an encoder-decoder; a saved ``EncoderDecoderModel``
-                directory is loaded as it is.
+                folder is loaded as it is.
             max_source_length: See the class attributes; lowered with a warning to
                 what the model's position table holds.
             max_target_length: See the class attributes.
 
         Raises:
-            ValueError: For an unknown kind, or MiniLM asked for a non-BERT kind.
+            ValueError: For an unknown kind, or no default for it ("seq2seq").
             OSError: When the model or tokenizer cannot be loaded; the message says
-                what to pass instead.
+                what to pass instead (`BaseModelError` for GGUF files).
         """
         from transformers import AutoConfig, AutoTokenizer
 
+        from metarag.generation.base import DEFAULT_GENERATOR, folder_identity, resolve_generator
+
         if kind not in KINDS:
             raise ValueError(f"unknown generator kind {kind!r}; expected one of {', '.join(KINDS)}")
-        if name_or_path is None:
-            if kind not in ("bert2bert", "bert-lm"):
-                raise ValueError(
-                    f"kind {kind!r} needs a model directory (name_or_path): the bundled "
-                    "MiniLM is a BERT encoder, usable only as 'bert2bert' or 'bert-lm'")
+        if name_or_path is None and kind in ("bert2bert", "bert-lm"):
             from metarag.retrieval.encoder import default_encoder_path
 
-            name_or_path = default_encoder_path()
-        path = str(name_or_path)
+            path = str(default_encoder_path())
+            identity = folder_identity(Path(path))
+        elif name_or_path is None and kind != "causal":
+            raise ValueError(
+                f"kind {kind!r} has no default model: pass a model folder (name_or_path). "
+                f"Defaults: {DEFAULT_GENERATOR!r} for 'causal', the bundled MiniLM for "
+                "'bert2bert' and 'bert-lm'")
+        else:
+            resolved = resolve_generator(name_or_path)
+            path, identity = resolved.path, resolved.identity
         try:
             tokenizer = AutoTokenizer.from_pretrained(path)
             config = AutoConfig.from_pretrained(path)
         except OSError as err:
             raise OSError(
                 f"could not load generator {path!r}: {err}. Pass a local Hugging Face model "
-                "directory (this machine may be offline), or None for the bundled MiniLM."
+                "folder or .gguf file (this machine may be offline), or None for the default."
             ) from err
         model = load_model(kind, path, config)
         model.eval()
-        return cls(model, tokenizer, kind=kind, max_source_length=max_source_length,
-                   max_target_length=max_target_length)
+        generator = cls(model, tokenizer, kind=kind, max_source_length=max_source_length,
+                        max_target_length=max_target_length)
+        generator.base_identity = identity
+        return generator
 
     @classmethod
     def tiny(cls, kind: str, tokenizer: Any = None, seed: int = 0, *,
@@ -178,8 +199,8 @@ class Generator(nn.Module):
 
         Args:
             kind: A kind, or an architecture from :data:`~metarag.generation.tiny.TINY_ARCHS`:
-                "bert2bert", "t5", "bart" ("seq2seq" = "t5"), "gpt2" ("causal" =
-                "gpt2"), "bert-lm".
+                "bert2bert", "t5", "bart" ("seq2seq" = "t5"), "gemma3" ("causal" =
+                "gemma3"), "gpt2", "bert-lm".
             tokenizer: None for MiniLM's BERT tokenizer, used for every architecture
                 (see :mod:`metarag.generation.tiny` for how ids map).
             seed: Seeds the weights; torch's global RNG is left as it was.
@@ -199,8 +220,10 @@ class Generator(nn.Module):
             torch.manual_seed(seed)
             model = build_tiny_model(arch, tokenizer)
         model.eval()
-        return cls(model, tokenizer, kind=resolved_kind, max_source_length=max_source_length,
-                   max_target_length=max_target_length)
+        generator = cls(model, tokenizer, kind=resolved_kind,
+                        max_source_length=max_source_length, max_target_length=max_target_length)
+        generator.base_identity = f"tiny:{arch}:seed={seed}"
+        return generator
 
     def save(self, directory: str | os.PathLike) -> Path:
         """Write weights (safetensors), configs, tokenizer and ``metarag_generator.json``.
@@ -249,9 +272,13 @@ class Generator(nn.Module):
         tokenizer = AutoTokenizer.from_pretrained(path)
         model = load_model(meta["kind"], str(path), AutoConfig.from_pretrained(path))
         model.eval()
-        return cls(model, tokenizer, kind=meta["kind"],
-                   max_source_length=int(meta["max_source_length"]),
-                   max_target_length=int(meta["max_target_length"]))
+        generator = cls(model, tokenizer, kind=meta["kind"],
+                        max_source_length=int(meta["max_source_length"]),
+                        max_target_length=int(meta["max_target_length"]))
+        from metarag.generation.base import folder_identity
+
+        generator.base_identity = folder_identity(path)
+        return generator
 
     # ------------------------------------------------------------------ use
 
@@ -267,22 +294,26 @@ class Generator(nn.Module):
         """Trainable parameters, tied weights counted once."""
         return sum(p.numel() for p in self.parameters())
 
-    def tokenize(self, sources: Sequence[str], targets: Sequence[str] | None = None
+    def tokenize(self, sources: Sequence[str | Source], targets: Sequence[str] | None = None
                  ) -> dict[str, torch.Tensor]:
         """Tokenise, truncate and pad a batch on the model's device (layouts: module docstring).
 
-        Over-long sources lose their end (the question, first in ``format_source``,
-        survives); over-long targets too, keeping the EOS. Either logs one warning
-        per generator, never an error.
+        A `Source` given to a decoder-only kind becomes a base-LM prompt (demos,
+        passages, question, ``Answer:``) trimmed passage by passage to
+        ``max_source_length``; the question is kept whole. A string source, or any
+        source of an encoder-decoder kind, loses its end when too long (the
+        question, first in ``format_source``, survives). Over-long targets lose
+        their end, keeping the EOS. Each logs one warning per generator, never an error.
 
         Args:
-            sources: B generator inputs, e.g. from :func:`~metarag.generation.prompt.format_source`.
+            sources: B generator inputs: `Source` objects (`make_source`) or strings
+                (`format_source`).
             targets: B answers, or None for a generation prompt (no labels).
 
         Returns:
             ``input_ids`` and ``attention_mask`` (B, S or L) and, with targets, ``labels`` (B, T).
         """
-        sources = _as_list(sources, "sources")
+        sources = _as_list(sources, "sources", Source)
         if targets is not None:
             targets = _as_list(targets, "targets")
             if len(targets) != len(sources):
@@ -436,8 +467,8 @@ class Generator(nn.Module):
                         [NoRepeatInAnswer(no_repeat_ngram, answer_from)])
                 out = self.model.generate(**batch, max_new_tokens=max_new_tokens,
                                           num_beams=num_beams, do_sample=False,
-                                          pad_token_id=self.pad_id, eos_token_id=self.eos_id,
-                                          **extra)
+                                          pad_token_id=self.pad_id,
+                                          eos_token_id=self._stop_ids, **extra)
                 if not self.is_encoder_decoder:
                     out = out[:, prompt_len:]  # the continuation only
                 chunk = sources[start:start + batch_size]
@@ -446,8 +477,8 @@ class Generator(nn.Module):
             self.train(was_training)
         return answers
 
-    def _as_text(self, ids: torch.Tensor, source: str) -> str:
-        """Generated ids as text: the source's own characters when the answer is a copy.
+    def _as_text(self, ids: torch.Tensor, source: str | Source) -> str:
+        """Generated ids as text, up to the first line end (the source's characters for copies).
 
         WordPiece decoding loses spacing and case ("€80.4 million" comes back as
         "€80. 4 million", uncased), which costs exact match and BLEU on answers
@@ -457,8 +488,13 @@ class Generator(nn.Module):
         special = set(self.tokenizer.all_special_ids)
         wanted = [i for i in ids.tolist() if i not in special]
         decoded = self.tokenizer.decode(wanted, skip_special_tokens=True).strip()
-        if not wanted or not getattr(self.tokenizer, "is_fast", False):
+        if "\n" in decoded:  # a stop token may carry text before its line end
+            decoded = decoded.split("\n", 1)[0].strip()
+            wanted = self.tokenizer(decoded, add_special_tokens=False)["input_ids"]
+        if not wanted or not _is_wordpiece(self.tokenizer):
             return decoded
+        if isinstance(source, Source):
+            source = source.as_text()
         enc = self.tokenizer(source, add_special_tokens=False, return_offsets_mapping=True)
         src, offsets, n = enc["input_ids"], enc["offset_mapping"], len(wanted)
         for i in range(len(src) - n + 1):
@@ -472,7 +508,69 @@ class Generator(nn.Module):
 
     # ------------------------------------------------------------------ internals
 
-    def _encode_sources(self, sources: list[str]) -> list[list[int]]:
+    def _encode_sources(self, sources: list[str | Source]) -> list[list[int]]:
+        """Token ids of each source: a base-LM prompt, or a string's tokens (see `tokenize`)."""
+        if self.is_encoder_decoder:
+            sources = [s.as_text() if isinstance(s, Source) else s for s in sources]
+        elif any(isinstance(s, Source) for s in sources):
+            return [self._encode_prompt(s) if isinstance(s, Source)
+                    else self._encode_strings([s])[0] for s in sources]
+        return self._encode_strings(sources)
+
+    def _encode_prompt(self, source: Source) -> list[int]:
+        """A decoder-only prompt for a base LM, within ``max_source_length`` tokens.
+
+        Layout (`metarag.generation.prompt`): BOS, soft-prompt placeholders, demos,
+        ``Context:`` lines, ``Question: ...``, ``Answer:``. The question and cue are
+        kept whole; the passages take the room left, in order, the one that does not
+        fit cut at its end and those after it dropped; demos fill what remains, each
+        whole (its passage cut to ``demo_context_tokens``) or not at all.
+        """
+        def ids(text: str) -> list[int]:
+            return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+        head = [i for i in (first_not_none(self.tokenizer.bos_token_id,
+                                           self.tokenizer.cls_token_id),) if i is not None]
+        head += self._prompt_ids
+        question, cue = ids(f"{PROMPT_QUESTION}{source.question}\n"), ids(PROMPT_ANSWER)
+        room = self.max_source_length - len(head) - len(cue)
+        if len(question) > room:
+            self._warn_once("question", f"a question of {len(question)} tokens exceeds "
+                            f"max_source_length={self.max_source_length}; its end was cut. "
+                            "Raise max_source_length.")
+            question = question[:max(room, 0)]
+        room -= len(question)
+        newline = ids("\n")
+        contexts: list[int] = []
+        for context in source.contexts:
+            line = ids(f"{PROMPT_CONTEXT}{context}\n")
+            if len(line) > room:
+                if room > len(newline) + _MIN_CONTEXT_TOKENS:
+                    contexts += line[:room - len(newline)] + newline
+                self._warn_once("context", "passages exceed the prompt's budget of "
+                                f"max_source_length={self.max_source_length} tokens; they were "
+                                "cut passage by passage (the question is kept). Raise "
+                                "max_source_length or retrieve fewer passages.")
+                room = 0
+                break
+            contexts += line
+            room -= len(line)
+        demos: list[int] = []
+        for n, demo in enumerate(source.demos):
+            context = ids(f"{PROMPT_CONTEXT}{demo.context}")[:self.demo_context_tokens]
+            shot = ((context + newline if demo.context else [])
+                    + ids(f"{PROMPT_QUESTION}{demo.question}\n{PROMPT_ANSWER} "
+                          f"{' '.join(demo.answer.split())}\n\n"))
+            if len(shot) > room:
+                self._warn_once("demos", f"only {n} of {len(source.demos)} in-context examples "
+                                f"fit max_source_length={self.max_source_length} tokens; the "
+                                "rest were left out. Raise max_source_length for more.")
+                break
+            demos += shot
+            room -= len(shot)
+        return head + demos + contexts + question + cue
+
+    def _encode_strings(self, sources: list[str]) -> list[list[int]]:
         """Token ids with the tokenizer's special tokens (and, decoder-only, the cue).
 
         Soft-prompt placeholders, if any, come first; they count against the budget.
@@ -495,7 +593,8 @@ class Generator(nn.Module):
     def _encode_targets(self, targets: list[str]) -> list[list[int]]:
         """Answer tokens + EOS, at most ``max_target_length`` in all."""
         if not self.is_encoder_decoder:
-            targets = [" " + t.strip() for t in targets]  # runs on from "answer:"
+            # Runs on from the cue, on one line (a line end ends an answer too).
+            targets = [" " + " ".join(t.split()) for t in targets]
         budget = self.max_target_length - 1  # room for EOS
         ids = self.tokenizer(targets, add_special_tokens=False, truncation=True,
                              max_length=budget + 1)["input_ids"]
@@ -589,14 +688,27 @@ def token_nll(log_likelihood: torch.Tensor, labels: torch.Tensor) -> torch.Tenso
 # ---------------------------------------------------------------------- helpers
 
 
-def _as_list(texts: Sequence[str], name: str) -> list[str]:
-    if isinstance(texts, str):
-        raise TypeError(f"{name} must be a list of strings, got a single str; wrap it: [text]")
+def _as_list(texts: Sequence[Any], name: str, *also: type) -> list[Any]:
+    """``texts`` as a list, checking that each item is a str (or one of ``also``)."""
+    if isinstance(texts, str | Source):
+        raise TypeError(f"{name} must be a list, got a single {type(texts).__name__}; "
+                        "wrap it: [text]")
     texts = list(texts)
-    bad = next((i for i, t in enumerate(texts) if not isinstance(t, str)), None)
+    bad = next((i for i, t in enumerate(texts) if not isinstance(t, (str, *also))), None)
     if bad is not None:
-        raise TypeError(f"{name}[{bad}] is {type(texts[bad]).__name__}, expected str")
+        expected = " or ".join(["str", *(t.__name__ for t in also)])
+        raise TypeError(f"{name}[{bad}] is {type(texts[bad]).__name__}, expected {expected}")
     return texts
+
+
+def newline_ids(tokenizer: Any) -> list[int]:
+    """Ids of the vocabulary's tokens that contain a line end (Gemma: 31 of 262k)."""
+    return sorted(i for t, i in tokenizer.get_vocab().items() if "\n" in t or t == "<0x0A>")
+
+
+def _is_wordpiece(tokenizer: Any) -> bool:
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    return backend is not None and type(backend.model).__name__ == "WordPiece"
 
 
 def _pad(seqs: list[list[int]], value: int, *, left: bool) -> dict[str, torch.Tensor]:

@@ -1,4 +1,22 @@
-"""Generator inputs: a question and its retrieved passages as one source string.
+"""Generator inputs: a question, its retrieved passages and in-context examples.
+
+A `Source` holds the parts; each generator kind lays them out its own way:
+
+- decoder-only LMs (Gemma, the default) read a prompt made for a base LM, demos
+  first, then the passages, then the question, trimmed passage by passage to the
+  token budget by `Generator.tokenize` (the question is never cut)::
+
+      Context: <demo passage>
+      Question: <demo question>
+      Answer: <demo answer>
+
+      Context: <title>: <passage 1>
+      Context: <title>: <passage 2>
+      Question: <question>
+      Answer:
+
+- encoder-decoder models read one string, question first (`format_source`), so that
+  truncating from the end drops the last passage's tail, never the question.
 
 The layout puts the question first so that truncating an over-long source (which
 cuts from the end, see ``Generator.tokenize``) drops the last passage's tail, never
@@ -19,12 +37,54 @@ Two uses:
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 from metarag.data.schema import Passage
 
 # What a decoder-only generator reads between the source and the answer it
 # writes; seq2seq generators do not need it (the answer goes to the decoder).
 CAUSAL_ANSWER_CUE = "answer:"
+
+
+@dataclass(frozen=True)
+class Demo:
+    """An in-context example: a solved question, with the passage it was answered from."""
+
+    question: str
+    answer: str
+    context: str = ""
+
+
+@dataclass(frozen=True)
+class Source:
+    """Everything one generator input holds, before a kind lays it out.
+
+    Attributes:
+        question: The question.
+        contexts: Passages as the generator sees them (`passage_as_context`), best first.
+        demos: In-context examples, shown before the question (k-shot prompting).
+    """
+
+    question: str
+    contexts: tuple[str, ...] = ()
+    demos: tuple[Demo, ...] = ()
+
+    def as_text(self) -> str:
+        """The encoder-decoder layout: `format_source`, demos after the passages."""
+        text = format_source(self.question, list(self.contexts))
+        for demo in self.demos:
+            text += f" example: question: {demo.question} answer: {demo.answer}"
+        return text
+
+
+def make_source(question: str, passages: Sequence[Passage | str] = (),
+                demos: Sequence[Demo] = ()) -> Source:
+    """A `Source` from a question, retrieved passages (best first) and demos."""
+    if isinstance(passages, str):
+        raise TypeError("passages must be a sequence of passages, got a single str; "
+                        "wrap it in a list: [passage]")
+    contexts = tuple(c for c in (passage_as_context(p) for p in passages) if c)
+    return Source(" ".join(question.split()), contexts, tuple(demos))
 
 
 def passage_as_context(passage: Passage | str) -> str:

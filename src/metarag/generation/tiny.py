@@ -21,10 +21,13 @@ TINY_ARCHS = {
     "t5": "seq2seq",
     "bart": "seq2seq",
     "gpt2": "causal",
+    "gemma3": "causal",
     "bert-lm": "bert-lm",
 }
 # A kind given instead of an architecture picks this one.
-_DEFAULT_ARCH = {"bert2bert": "bert2bert", "seq2seq": "t5", "causal": "gpt2", "bert-lm": "bert-lm"}
+# "causal" is Gemma 3's architecture, like the default generator.
+_DEFAULT_ARCH = {"bert2bert": "bert2bert", "seq2seq": "t5", "causal": "gemma3",
+                 "bert-lm": "bert-lm"}
 
 # Shared sizes. 512 positions so the default 256 source + 64 target tokens fit a
 # decoder-only model's single sequence.
@@ -62,6 +65,8 @@ def build_tiny_model(arch: str, tokenizer: Any) -> Any:
         BertLMHeadModel,
         BertModel,
         EncoderDecoderModel,
+        Gemma3ForCausalLM,
+        Gemma3TextConfig,
         GPT2Config,
         GPT2LMHeadModel,
         T5Config,
@@ -106,4 +111,14 @@ def build_tiny_model(arch: str, tokenizer: Any) -> Any:
         return GPT2LMHeadModel(GPT2Config(
             vocab_size=vocab, n_embd=_WIDTH, n_layer=_LAYERS, n_head=_HEADS, n_inner=_FFN,
             n_positions=_POSITIONS, **ids, **eager))
+    if arch == "gemma3":
+        # Gemma 3 270M's shape in miniature: one KV head, a sliding-window layer then
+        # a full-attention layer, tied embeddings, scaled input embeddings.
+        return Gemma3ForCausalLM(Gemma3TextConfig(
+            vocab_size=vocab, hidden_size=_WIDTH, num_hidden_layers=_LAYERS,
+            num_attention_heads=_HEADS, num_key_value_heads=1, head_dim=_WIDTH // _HEADS,
+            query_pre_attn_scalar=_WIDTH // _HEADS, intermediate_size=_FFN,
+            max_position_embeddings=_POSITIONS, sliding_window=16,
+            layer_types=["sliding_attention", "full_attention"], tie_word_embeddings=True,
+            **ids, **eager))
     raise ValueError(f"unknown tiny architecture {arch!r}; expected one of {', '.join(TINY_ARCHS)}")

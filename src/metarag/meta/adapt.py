@@ -33,7 +33,8 @@ class AdaptConfig:
     Attributes:
         steps: SGD steps on the support set.
         lr: SGD step size.
-        params: Presets or patterns of the weights that adapt (`metarag.meta.params`).
+        params: Presets or patterns of the weights that adapt (`metarag.meta.params`);
+            the default, LoRA, suits the default Gemma generator (``ModelConfig.lora``).
         exclude: Patterns removed from ``params`` (the word embeddings: large, and
             a few examples only overfit them).
         batch_size: Support examples per step; the steps cycle through the support
@@ -42,7 +43,7 @@ class AdaptConfig:
 
     steps: int = 8
     lr: float = 1e-3
-    params: list[str] = field(default_factory=lambda: ["decoder", "query_encoder"])
+    params: list[str] = field(default_factory=lambda: ["lora"])
     exclude: list[str] = field(default_factory=lambda: ["embeddings"])
     batch_size: int | None = 16
 

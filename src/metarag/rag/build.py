@@ -33,29 +33,32 @@ class ModelConfig:
     Attributes:
         encoder: Query/passage encoder: a local model folder or hub name; None for
             the bundled all-MiniLM-L6-v2.
-        generator_kind: "bert2bert", "seq2seq", "causal" or "bert-lm".
-        generator: Generator weights: a local folder or hub name; None to
-            warm-start from the encoder's weights (BERT kinds only); "tiny" for a
+        generator_kind: "causal" (decoder-only LMs: Gemma, the default), "bert2bert",
+            "seq2seq" or "bert-lm".
+        generator: Generator weights: None for the kind's default (Gemma 3 270M for
+            "causal", a warm start from the encoder's weights for the BERT kinds); a
+            local Hugging Face folder, a ``.gguf`` file, or a hub name; "tiny" for a
             tiny random model (tests and smoke runs).
         query_max_length: Question tokens kept by the query encoder.
-        max_source_length: Generator input tokens (question + passage).
+        max_source_length: Generator input tokens (demos, passages, question).
         max_target_length: Answer tokens.
         rag: Retrieval and fusion settings.
         lora: LoRA adapters injected into the generator (None: none); the inner loop
             adapts them with the params preset "lora" (`metarag.generation.adapters`).
+            The default: rank 8 on Gemma's q/k/v/o attention projections.
         soft_prompt_tokens: Length of a trainable soft prompt put before every
             generator source (0: none); preset "soft_prompt". Counts against
             ``max_source_length``.
     """
 
     encoder: str | None = None
-    generator_kind: str = "bert2bert"
+    generator_kind: str = "causal"
     generator: str | None = None
     query_max_length: int = 64
-    max_source_length: int = 192
+    max_source_length: int = 384
     max_target_length: int = 48
     rag: RAGConfig = field(default_factory=RAGConfig)
-    lora: LoRAConfig | None = None
+    lora: LoRAConfig | None = field(default_factory=LoRAConfig)
     soft_prompt_tokens: int = 0
 
     def __post_init__(self) -> None:
@@ -149,10 +152,7 @@ def _build(config: ModelConfig, seed: int) -> BuiltModel:
                                    **lengths)
     else:
         name = config.generator
-        if name is None:
-            if config.generator_kind not in ("bert2bert", "bert-lm"):
-                raise ValueError(f"generator_kind {config.generator_kind!r} needs a generator "
-                                 "folder; only bert2bert and bert-lm warm-start from the encoder")
+        if name is None and config.generator_kind in ("bert2bert", "bert-lm"):
             name = query.name_or_path if config.encoder is not None else None
         generator = Generator.from_pretrained(config.generator_kind, name, **lengths)
     if config.soft_prompt_tokens:

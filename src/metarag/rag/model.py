@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from metarag.data.schema import Passage
-from metarag.generation.prompt import format_source
+from metarag.generation.prompt import Demo, make_source, passage_as_context
 from metarag.rag.losses import passage_posterior, rag_sequence_nll
 
 Fusion = Literal["sequence", "concat"]
@@ -294,6 +294,8 @@ class RAGModel(nn.Module):
         # so functional_call's parameter swap reaches it.
         self._query_encoder = query_encoder
         self.passages: list[Passage] = []
+        # In-context examples put in every generator prompt (`use_demos`).
+        self.demos: tuple[Demo, ...] = ()
         self.register_buffer("passage_embeddings",
                              torch.empty(0, query_encoder.dim), persistent=False)
 
@@ -316,6 +318,32 @@ class RAGModel(nn.Module):
                              "with the matching passage encoder")
         self.passages = list(passages)
         self.passage_embeddings = emb.to(self.passage_embeddings.device)
+
+    def use_demos(self, examples: Sequence[Any], k: int | None = None) -> tuple[Demo, ...]:
+        """Put k solved examples (`QAExample`) in every prompt: in-context k-shot.
+
+        Each demo shows its question, first reference answer and a passage: its gold
+        passage when the corpus has it, else the passage retrieval ranks first for it
+        (what the model would see for that question). ``k=0`` or no examples turns
+        demos off. Returns the demos.
+        """
+        examples = list(examples)[:k] if k is not None else list(examples)
+        if not examples:
+            self.demos = ()
+            return self.demos
+        by_id = {p.id: p for p in self.passages}
+        context: list[Passage | None] = [
+            next((by_id[g] for g in ex.gold_passage_ids if g in by_id), None) for ex in examples]
+        missing = [i for i, c in enumerate(context) if c is None]
+        if missing and self.passages:
+            with torch.no_grad():
+                _, top = self.retrieve([examples[i].question for i in missing], k=1)
+            for i, row in zip(missing, top.tolist()):
+                context[i] = self.passages[row[0]]
+        self.demos = tuple(Demo(" ".join(ex.question.split()), ex.answers[0],
+                                passage_as_context(c) if c is not None else "")
+                           for ex, c in zip(examples, context))
+        return self.demos
 
     # ---- retrieval -------------------------------------------------------------------
 
@@ -377,7 +405,7 @@ class RAGModel(nn.Module):
             batch = cache.generator_batch
         if self.config.fusion == "sequence":
             if batch is None:
-                sources = [format_source(q, [self.passages[j]])
+                sources = [make_source(q, [self.passages[j]], self.demos)
                            for q, row in zip(questions, top.tolist()) for j in row]
                 targets = [a for a in answers for _ in range(k)]
                 batch = self._new_generator_batch(sources, targets, top, cache)
@@ -387,7 +415,7 @@ class RAGModel(nn.Module):
             n_tokens = (batch["labels"] != -100).sum(-1).view(b, k)[:, 0]
         else:
             if batch is None:
-                sources = [format_source(q, [self.passages[j] for j in row])
+                sources = [make_source(q, [self.passages[j] for j in row], self.demos)
                            for q, row in zip(questions, top.tolist())]
                 batch = self._new_generator_batch(sources, list(answers), top, cache)
             seq_loglik = self.generator(**batch, encoder_states=self._encoder_states(batch, cache)
@@ -459,7 +487,7 @@ class RAGModel(nn.Module):
         if self.config.decoding == "fast":  # one batched generation for all questions
             keep = 1 if self.config.fusion == "sequence" else None  # concat reads all k
             fast = self.generator.generate(
-                [format_source(q, [self.passages[j] for j in row[:keep]])
+                [make_source(q, [self.passages[j] for j in row[:keep]], self.demos)
                  for q, row in zip(questions, top.tolist())], **decode)
         results = []
         for i, question in enumerate(questions):
@@ -467,7 +495,7 @@ class RAGModel(nn.Module):
             if fast is not None:
                 text, weights = fast[i], doc_logits[i].softmax(-1)
             elif self.config.fusion == "concat":
-                text = self.generator.generate([format_source(question, passages)],
+                text = self.generator.generate([make_source(question, passages, self.demos)],
                                                **decode)[0]
                 weights = doc_logits[i].softmax(-1)
             else:
@@ -480,7 +508,7 @@ class RAGModel(nn.Module):
 
     def _best_candidate(self, question: str, passages: list[Passage], doc_logits: torch.Tensor,
                         decode: dict[str, int]) -> tuple[str, torch.Tensor]:
-        sources = [format_source(question, [p]) for p in passages]             # K inputs
+        sources = [make_source(question, [p], self.demos) for p in passages]   # K inputs
         candidates = list(dict.fromkeys(self.generator.generate(sources, **decode)))
         c, k = len(candidates), len(sources)
         batch = self.generator.tokenize([s for _ in candidates for s in sources],

@@ -221,8 +221,10 @@ def test_errors_say_what_to_do(generators: dict[str, Generator], tmp_path: Path)
         gen(**gen.tokenize(SOURCES))
     with pytest.raises(ValueError, match="unknown tiny generator"):
         Generator.tiny("llama")
-    with pytest.raises(ValueError, match="needs a model directory"):
-        Generator.from_pretrained("causal")
+    with pytest.raises(ValueError, match="has no default model"):
+        Generator.from_pretrained("seq2seq")
+    with pytest.raises(OSError, match="neither a model folder nor a .gguf file"):
+        Generator.from_pretrained("causal", tmp_path / "missing")
     with pytest.raises(FileNotFoundError, match="not a saved metarag generator"):
         Generator.load(tmp_path)
 
@@ -234,12 +236,12 @@ def test_models_use_eager_attention(gen: Generator) -> None:
 
 def test_minilm_bert2bert_from_pretrained(capfd: pytest.CaptureFixture[str],
                                          caplog: pytest.LogCaptureFixture) -> None:
-    """The default generator: MiniLM warm-started into BERT2BERT, ids set, decoding runs.
+    """MiniLM warm-started into BERT2BERT (the small option): ids set, decoding runs.
 
     About 3 s (two copies of MiniLM's weights), so it stays in the default run.
     """
     with caplog.at_level(logging.INFO, logger="metarag.generation"):
-        gen = Generator.from_pretrained()
+        gen = Generator.from_pretrained("bert2bert")
     err = capfd.readouterr().err
     assert "LOAD REPORT" not in err and "seem corrupted" not in err  # explained, not dumped
     assert any("decoder warm-started" in r.getMessage() for r in caplog.records)
