@@ -72,7 +72,7 @@ def adapt(
     adapted = run(built, support, config=config, learned_lrs=learned)
     saved = save_checkpoint(out, config.steps, model=model_weights(adapted.model), keep=1, state={
         MODEL_CONFIG_KEY: state[MODEL_CONFIG_KEY], "kind": "adapted",
-        "adapted_from": str(checkpoint), "task": target.name, "shots": shots,
+        "adapted_from": str(checkpoint), "task": target.name, "task_source": str(task), "shots": shots,
         "support_ids": [e.id for e in support], "adapt": asdict(config),
         "learned_lrs": learned is not None,
         "config": {"data": {"seed": seed}}})

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from metarag.cli.common import NoRepeatOption
+from metarag.cli.common import InContextOption, NoRepeatOption
 
 SNIPPET = 200  # characters of a cited passage shown in the terminal
 
@@ -23,6 +23,11 @@ def ask(
     k: int | None = typer.Option(None, "-k", min=1,
                                  help="Passages to retrieve. Default: the model's own k."),
     no_repeat_ngram: int | None = NoRepeatOption,
+    in_context: int = InContextOption,
+    demos: str | None = typer.Option(
+        None, "--demos", help="With --in-context K: the task source (folder or synthetic/<domain>) "
+        "whose train split gives the K examples. Default: the support set an adapted "
+        "checkpoint was adapted on."),
     as_json: bool = typer.Option(False, "--json", help="Print a JSON object."),
 ) -> None:
     """Answer QUESTION from the indexed passages and list the passages the answer cites.
@@ -34,10 +39,12 @@ def ask(
     from metarag.evaluation.qa import answer_questions
     from metarag.rag.build import load_trained
 
-    built, _ = load_trained(str(checkpoint))
+    built, state = load_trained(str(checkpoint))
     if no_repeat_ngram is not None:
         built.model.config.no_repeat_ngram = no_repeat_ngram
     built.use_index(index, model_name=f"checkpoint {checkpoint}")
+    if in_context:
+        built.model.use_demos(_demo_examples(demos, state), in_context)
     answer = answer_questions(built, [question], k=k)[0]
     citations = [{"id": c.passage_id, "title": c.title, "weight": c.weight,
                   "retrieval_score": c.retrieval_score, "text": c.text}
@@ -52,3 +59,18 @@ def ask(
         text = " ".join(c["text"].split())
         text = text if len(text) <= SNIPPET else text[:SNIPPET - 3] + "..."
         typer.echo(f"{rank}. {c['id']}{title}  weight={c['weight']:.3f}\n   {text}")
+
+
+def _demo_examples(demos: str | None, state: dict) -> list:
+    """The examples --in-context draws from: --demos' train split, or the support set."""
+    from metarag.data.loaders import load_task
+
+    if demos is None and not state.get("support_ids"):
+        raise typer.BadParameter("give --demos TASK (whose train split supplies the examples); "
+                                 "this checkpoint records no support set", param_hint="--demos")
+    seed = int(state.get("config", {}).get("data", {}).get("seed", 0))
+    task = load_task(demos or state.get("task_source", state["task"]), seed=seed)
+    if demos is not None:
+        return task.train
+    by_id = {e.id: e for e in task.examples()}
+    return [by_id[i] for i in state["support_ids"] if i in by_id]

@@ -25,6 +25,10 @@ NoRepeatOption = typer.Option(
     None, "--no-repeat-ngram", min=0,
     help="Never repeat an n-gram of this many tokens within an answer (stops the loops "
     "of an undertrained generator; 0: off). Default: the model's config (off).")
+InContextOption = typer.Option(
+    0, "--in-context", min=0,
+    help="In-context K-shot: put K solved examples (question, passage, answer) before every "
+    "question in the prompt. 0: none.")
 EncoderOption = typer.Option(
     None, "--encoder",
     help="Local model folder (or hub name when online). Default: the bundled MiniLM.")

@@ -11,6 +11,7 @@ import typer
 from metarag.cli.common import (
     CacheDirOption,
     DataOption,
+    InContextOption,
     NoRepeatOption,
     TaskOption,
     cache_dir_value,
@@ -42,6 +43,7 @@ def evaluate(
         "(so its test split holds no training example), else 0."),
     cache_dir: str = CacheDirOption,
     no_repeat_ngram: int | None = NoRepeatOption,
+    in_context: int = InContextOption,
     out: Path = typer.Option(Path("runs/evaluate"), "--out", "-o",
                              help="Folder for metrics.json, metrics.md and predictions.jsonl."),
 ) -> None:
@@ -50,7 +52,8 @@ def evaluate(
     Give --checkpoint for a trained model, or --zero-shot CONFIG for the untrained
     model a training config starts from. EM, token F1, BLEU, ROUGE-1/2/L and
     METEOR of the answers, and recall@k and MRR of the model's own retrieval
-    against the gold passages, all 0-100.
+    against the gold passages, all 0-100. --in-context K takes the K examples from
+    each task's train split (never its test split).
     Writes OUT/metrics.json (settings and results), OUT/metrics.md (the table)
     and OUT/predictions.jsonl (answers and cited passages), and prints the table.
     """
@@ -83,13 +86,15 @@ def evaluate(
     for t in tasks:
         log.info("%s: answering the %s split", t.name, split)
         results.append(evaluate_qa(built, t, split=split, max_examples=max_examples,
-                                   batch_size=batch_size, ks=ks, show_progress=True))
+                                   batch_size=batch_size, ks=ks, show_progress=True,
+                                   in_context=in_context))
     source = str(checkpoint) if checkpoint else f"zero-shot ({zero_shot})"
     settings = {"checkpoint": source, "step": state.get("step"),
                 "data": str(data) if data else "synthetic", "tasks": [t.name for t in tasks],
                 "split": split, "max_examples": max_examples, "ks": ks, "seed": seed,
                 "model_config": state.get("model_config"),
                 "no_repeat_ngram": built.model.config.no_repeat_ngram,
+                "in_context": in_context,
                 "wall_seconds": time.perf_counter() - started}
     paths = save_results(results, out, settings)
     typer.echo(markdown_report(results))

@@ -186,7 +186,8 @@ def answer_questions(built: BuiltModel, questions: Sequence[str], *, k: int | No
 
 def evaluate_qa(built: BuiltModel, task: Task, *, split: str = "test",
                 max_examples: int | None = None, batch_size: int = 8,
-                ks: Sequence[int] = (1, 5, 20), show_progress: bool = False) -> QAResult:
+                ks: Sequence[int] = (1, 5, 20), show_progress: bool = False,
+                in_context: int = 0) -> QAResult:
     """Answer a task split with the model and score answers and retrieval.
 
     The model's corpus becomes the task's corpus (embedded by its frozen passage
@@ -207,6 +208,9 @@ def evaluate_qa(built: BuiltModel, task: Task, *, split: str = "test",
         batch_size: Questions per `RAGModel.answer` call.
         ks: Recall cut-offs; MRR counts the top ``max(ks)``.
         show_progress: Progress bars for embedding the corpus and answering.
+        in_context: Put the first this many examples of the task's train split in
+            every prompt (in-context k-shot, `RAGModel.use_demos`); 0: none. The
+            model's own demos are restored afterwards.
 
     Raises:
         DataError: The split (after ``max_examples``) holds no examples.
@@ -233,12 +237,18 @@ def evaluate_qa(built: BuiltModel, task: Task, *, split: str = "test",
         language = "en"
 
     warn_if_truncated(built.passage_encoder, [passage_text(p) for p in task.corpus], "passages")
-    built.use_corpus(task.corpus, show_progress=show_progress)
+    built.use_corpus(task.corpus, show_progress=show_progress, language=task.language)
 
     questions = [e.question for e in examples]
+    own_demos = built.model.demos
     start = time.perf_counter()
-    answers = answer_questions(built, questions, batch_size=batch_size,
-                               show_progress=show_progress, ids=[e.id for e in examples])
+    try:
+        if in_context:
+            built.model.use_demos(task.train, in_context)
+        answers = answer_questions(built, questions, batch_size=batch_size,
+                                   show_progress=show_progress, ids=[e.id for e in examples])
+    finally:
+        built.model.demos = own_demos
     seconds = time.perf_counter() - start
 
     references = [list(e.answers) for e in examples]

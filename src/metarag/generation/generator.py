@@ -423,7 +423,7 @@ class Generator(nn.Module):
         return token_nll(self(**batch), batch["labels"])
 
     @torch.no_grad()
-    def generate(self, sources: Sequence[str], *, max_new_tokens: int = 32, num_beams: int = 1,
+    def generate(self, sources: Sequence[str | Source], *, max_new_tokens: int = 32, num_beams: int = 1,
                  batch_size: int = 32, no_repeat_ngram: int = 0) -> list[str]:
         """Greedy (or beam) decoding; answers without special tokens or the prompt.
 
@@ -443,7 +443,7 @@ class Generator(nn.Module):
         """
         from transformers import LogitsProcessorList
 
-        sources = _as_list(sources, "sources")
+        sources = _as_list(sources, "sources", Source)
         if max_new_tokens < 1 or num_beams < 1 or batch_size < 1 or no_repeat_ngram < 0:
             raise ValueError(f"max_new_tokens, num_beams and batch_size must be positive and "
                              f"no_repeat_ngram >= 0, got {max_new_tokens}, {num_beams}, "

@@ -78,10 +78,18 @@ class BuiltModel:
     cache_dir: str | None = None  # passage embeddings are reused from here
 
     def use_corpus(self, passages: Sequence[Passage], *, batch_size: int = 64,
-                   show_progress: bool = False, embeddings: np.ndarray | None = None) -> None:
-        """Point retrieval at a corpus, embedding it with the frozen passage encoder."""
+                   show_progress: bool = False, embeddings: np.ndarray | None = None,
+                   language: str = "en") -> None:
+        """Point retrieval at a corpus, embedding it with the frozen passage encoder.
+
+        With ``rag.retriever == "bm25"`` nothing is embedded: a BM25 index over the
+        passages in ``language`` (Chinese: character n-grams) does the retrieval.
+        """
         from metarag.retrieval.cache import cached_embeddings
 
+        if self.model.config.retriever == "bm25":
+            self.model.set_corpus(passages, None, language=language)
+            return
         if embeddings is None:
             embeddings = cached_embeddings(self.passage_encoder, passages, self.cache_dir,
                                            batch_size=batch_size, show_progress=show_progress)

@@ -47,6 +47,9 @@ class RAGConfig:
             rescored under every passage; K generations + K*K scorings per
             question) or "fast" (one batched generation from the top passage;
             citations ranked by retrieval). "fast" is for large evaluation grids.
+        retriever: "dense" (the trainable query encoder over passage embeddings) or
+            "bm25" (sparse, fixed: for languages the encoder does not read, e.g.
+            Chinese with MiniLM; the retriever then gets no gradient).
         no_repeat_ngram: When > 0, an answer never repeats an n-gram of this many
             tokens: greedy decoding of an undertrained generator can loop
             ("the results suggest that the results suggest ..."). 0 (off) keeps
@@ -60,8 +63,11 @@ class RAGConfig:
     max_new_tokens: int = 32
     decoding: Literal["thorough", "fast"] = "thorough"
     no_repeat_ngram: int = 0
+    retriever: Literal["dense", "bm25"] = "dense"
 
     def __post_init__(self) -> None:
+        if self.retriever not in ("dense", "bm25"):
+            raise ValueError(f"retriever must be 'dense' or 'bm25', got {self.retriever!r}")
         if self.k < 1:
             raise ValueError(f"k must be >= 1, got {self.k}")
         if self.temperature <= 0:
@@ -296,6 +302,8 @@ class RAGModel(nn.Module):
         self.passages: list[Passage] = []
         # In-context examples put in every generator prompt (`use_demos`).
         self.demos: tuple[Demo, ...] = ()
+        self._bm25: Any = None  # BM25Index, with rag.retriever == "bm25"
+        self._row: dict[str, int] = {}
         self.register_buffer("passage_embeddings",
                              torch.empty(0, query_encoder.dim), persistent=False)
 
@@ -306,9 +314,22 @@ class RAGModel(nn.Module):
 
     # ---- corpus ----------------------------------------------------------------------
 
-    def set_corpus(self, passages: Sequence[Passage], embeddings: np.ndarray | torch.Tensor
-                   ) -> None:
-        """Use these passages and their (N, D) unit-length embeddings for retrieval."""
+    def set_corpus(self, passages: Sequence[Passage], embeddings: np.ndarray | torch.Tensor | None,
+                   *, language: str = "en") -> None:
+        """Use these passages and their (N, D) unit-length embeddings for retrieval.
+
+        With ``config.retriever == "bm25"`` the embeddings are not needed (None): a
+        BM25 index over the passages in ``language`` is built instead.
+        """
+        if self.config.retriever == "bm25":
+            from metarag.retrieval import BM25Index
+
+            self.passages = list(passages)
+            self._bm25 = BM25Index.build(self.passages, language=language)
+            self._row = {p.id: i for i, p in enumerate(self.passages)}
+            self.passage_embeddings = torch.zeros(len(passages), 0,
+                                                  device=self.passage_embeddings.device)
+            return
         emb = torch.as_tensor(np.asarray(embeddings), dtype=torch.float32)
         if emb.ndim != 2 or emb.shape[0] != len(passages):
             raise ValueError(f"expected ({len(passages)}, D) embeddings, got {tuple(emb.shape)}")
@@ -366,6 +387,8 @@ class RAGModel(nn.Module):
             raise ValueError("the model has no corpus to retrieve from: call set_corpus() "
                              "with the passages of the task")
         k = min(k or self.config.k, len(self.passages))
+        if self.config.retriever == "bm25":
+            return self._retrieve_bm25(questions, k)
         with torch.set_grad_enabled(torch.is_grad_enabled() and self.config.train_retriever):
             batch = cache.query_batch if cache is not None else None
             if batch is None:
@@ -379,6 +402,24 @@ class RAGModel(nn.Module):
         if not self.config.train_retriever:
             doc_logits = doc_logits.detach()
         return doc_logits, top
+
+    def _retrieve_bm25(self, questions: Sequence[str], k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """`retrieve` by BM25: scores (B, K) as doc logits, no gradient.
+
+        A question sharing fewer than k terms with the corpus is topped up with the
+        first passages not retrieved, at a score below every hit.
+        """
+        hits = self._bm25.search(list(questions), k)
+        rows, logits = [], []
+        for ids, scores in zip(hits.ids, hits.scores):
+            row = [self._row[i] for i in ids]
+            taken = set(row)
+            row += [j for j in range(len(self.passages)) if j not in taken][:k - len(row)]
+            floor = min(scores, default=0.0) - 1.0
+            logits.append(list(scores) + [floor] * (k - len(scores)))
+            rows.append(row)
+        device = self.passage_embeddings.device
+        return torch.tensor(logits, device=device), torch.tensor(rows, device=device)
 
     # ---- training --------------------------------------------------------------------
 
@@ -482,7 +523,9 @@ class RAGModel(nn.Module):
         max_new = max_new_tokens or self.config.max_new_tokens
         decode = {"max_new_tokens": max_new, "no_repeat_ngram": self.config.no_repeat_ngram}
         doc_logits, top = self.retrieve(questions, k)
-        scores = doc_logits * self.config.temperature
+        # Retrieval scores as their retriever gives them (cosine, or BM25).
+        scores = doc_logits if self.config.retriever == "bm25" else (
+            doc_logits * self.config.temperature)
         fast = None
         if self.config.decoding == "fast":  # one batched generation for all questions
             keep = 1 if self.config.fusion == "sequence" else None  # concat reads all k
