@@ -54,3 +54,4 @@ def tiny_encoder_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     BertModel(config).save_pretrained(out)
     tokenizer.save_pretrained(out)
     return out
+

@@ -13,7 +13,9 @@ For each held-out domain:
 3. **Score** answers and retrieval on a fixed subset of the held-out test split.
 
 Methods: ``meta`` (the meta-learned init + adaptation), ``multitask_finetune``,
-``finetune`` (base + adaptation) and ``zero_shot`` (base, no adaptation). At 0
+``finetune`` (base + adaptation), ``in_context`` (base, no weight changes, the
+k support examples in every prompt, as many as fit the token budget: what a user
+of a pretrained LM tries first) and ``zero_shot`` (base, no adaptation). At 0
 shots a method is its starting point, unadapted: deterministic, so it is scored
 once (one record, no interval), not once per seed. A steps curve (score against
 adaptation steps at ``curve_shots``) comes from snapshots of the same runs.
@@ -50,7 +52,8 @@ from metarag.train import OptimConfig, TrainConfig, train
 
 logger = logging.getLogger(__name__)
 
-METHODS = ("meta", "multitask_finetune", "finetune", "zero_shot")
+METHODS = ("meta", "multitask_finetune", "finetune", "in_context", "zero_shot")
+_UNTRAINED = ("in_context", "zero_shot")  # scored from the base model, no adaptation
 METRICS = ["rougeL", "f1", "exact_match", "bleu", "meteor", "rouge1", "rouge2", "recall@5"]
 
 
@@ -131,10 +134,12 @@ def run_benchmark(config: BenchmarkConfig, *, tasks: list[Task] | None = None,
         _check_sizes(target, config)
         others = [t for t in tasks if t.name != name]
         starts = _starting_points(config, name, others, show_progress)
-        for method in [m for m in config.methods if m != "zero_shot"]:
+        for method in [m for m in config.methods if m not in _UNTRAINED]:
             records += _evaluate_method(config, method, starts[method], target, show_progress)
+        if "in_context" in config.methods:
+            records += _evaluate_in_context(config, starts["finetune"], target)
         if "zero_shot" in config.methods:
-            starts["finetune"].use_corpus(target.corpus)
+            starts["finetune"].use_corpus(target.corpus, language=target.language)
             records.append(_record(target, "zero_shot", 0, 0, config.seeds[0], None,
                                    _score(starts["finetune"], target, config)))
         _save(out, config, records, time.perf_counter() - started)
@@ -254,7 +259,7 @@ def _evaluate_method(config: BenchmarkConfig, method: str, start: BuiltModel, ta
     from tqdm.auto import tqdm
 
     records = []
-    start.use_corpus(task.corpus)
+    start.use_corpus(task.corpus, language=task.language)
     names = adapted_names(start.model, config.adapt)
     if 0 in config.shots:  # unadapted: deterministic, so one record (no seed to vary)
         records.append(_record(task, method, 0, 0, config.seeds[0], None,
@@ -271,6 +276,27 @@ def _evaluate_method(config: BenchmarkConfig, method: str, start: BuiltModel, ta
                                    curve=steps != config.adapt.steps))
         logger.info("%s %s shots=%d seed=%d lr=%g: ROUGE-L %.1f", task.name, method, shots,
                     seed, lr, records[-1]["scores"].get("rougeL") or 0.0)
+    return records
+
+
+def _evaluate_in_context(config: BenchmarkConfig, base: BuiltModel, task: Task
+                         ) -> list[dict[str, Any]]:
+    """In-context k-shot: each cell's support set as demos in the base model's prompts.
+
+    0 shots is the zero-shot method, so only k > 0 is scored; no rate is picked.
+    """
+    base.use_corpus(task.corpus, language=task.language)
+    records = []
+    for shots in [s for s in config.shots if s > 0]:
+        for seed in config.seeds:
+            base.model.use_demos(_support(task, shots, seed))
+            try:
+                scores = _score(base, task, config)
+            finally:
+                base.model.demos = ()
+            records.append(_record(task, "in_context", shots, 0, seed, None, scores))
+            logger.info("%s in_context shots=%d seed=%d: ROUGE-L %.1f", task.name, shots, seed,
+                        scores.get("rougeL") or 0.0)
     return records
 
 

@@ -9,38 +9,43 @@ from typer.testing import CliRunner
 
 from metarag.checkpoint import latest_checkpoint, load_checkpoint
 from metarag.cli import app
+from helpers import ADAPTED, TINY_KINDS, tiny_model
 
 runner = CliRunner()
 
-TINY_MODEL = {"generator": "tiny", "max_source_length": 48, "max_target_length": 12,
-              "rag": {"k": 2, "max_new_tokens": 3}}
+
+@pytest.fixture(scope="module", params=TINY_KINDS)
+def kind(request):
+    return request.param
 
 
-def _meta_config(encoder_dir, out, steps=2):
+def _meta_config(encoder_dir, out, kind, steps=2):
     return {
         "out": str(out), "cache_dir": None, "tensorboard": False, "eval_every": steps,
         "checkpoint_every": steps,
         "data": {"data": None, "tasks": ["synthetic/pharmacy", "synthetic/legal",
                                          "synthetic/finance"]},
-        "model": {"encoder": str(encoder_dir), **TINY_MODEL},
-        "inner": {"steps": 1, "lr": 0.01, "params": ["decoder"], "batch_size": None},
+        "model": {"encoder": str(encoder_dir),
+                  **tiny_model(kind, max_source_length=64, max_target_length=12,
+                               rag={"k": 2, "max_new_tokens": 3})},
+        "inner": {"steps": 1, "lr": 0.01, "params": ADAPTED[kind], "batch_size": None},
         "meta": {"algorithm": "fomaml", "steps": steps, "meta_batch": 2, "n_shot": 2,
                  "n_query": 2},
     }
 
 
 @pytest.fixture(scope="module")
-def meta_run(tmp_path_factory, tiny_encoder_dir):
+def meta_run(tmp_path_factory, tiny_encoder_dir, kind):
     root = tmp_path_factory.mktemp("meta_cli")
     config = root / "meta.yaml"
-    config.write_text(yaml.safe_dump(_meta_config(tiny_encoder_dir, root / "run")))
+    config.write_text(yaml.safe_dump(_meta_config(tiny_encoder_dir, root / "run", kind)))
     result = runner.invoke(app, ["meta-train", "--config", str(config)])
     assert result.exit_code == 0, result.output
     assert "meta-step 2" in result.output and "after adaptation" in result.output
     return root
 
 
-def test_adapt_saves_a_model_that_evaluate_and_ask_accept(meta_run):
+def test_adapt_saves_a_model_that_evaluate_and_ask_accept(meta_run, kind):
     out = meta_run / "adapted"
     result = runner.invoke(app, ["adapt", "--checkpoint", str(meta_run / "run"), "--task-file",
                                  "synthetic/agriculture", "--shots", "4", "--steps", "2",
@@ -48,10 +53,11 @@ def test_adapt_saves_a_model_that_evaluate_and_ask_accept(meta_run):
     assert result.exit_code == 0, result.output
     state = load_checkpoint(out).state
     assert state["kind"] == "adapted" and state["shots"] == 4 and len(state["support_ids"]) == 4
-    assert state["adapt"]["params"] == ["decoder"]  # the meta-training run's inner settings
+    assert state["adapt"]["params"] == ADAPTED[kind]  # the meta-training run's inner settings
     start = load_checkpoint(meta_run / "run").model
     adapted = load_checkpoint(out).model
-    assert any(not (adapted[k] == start[k]).all() for k in start if ".decoder." in k)
+    part = ".decoder." if kind == "bert2bert" else ".lora_"
+    assert any(not (adapted[k] == start[k]).all() for k in start if part in k)
 
     result = runner.invoke(app, ["evaluate", "--checkpoint", str(out), "--task",
                                  "synthetic/agriculture", "-n", "2", "--out",
@@ -61,6 +67,17 @@ def test_adapt_saves_a_model_that_evaluate_and_ask_accept(meta_run):
                                  "How many tonnes per hectare does Amberlight yield?"])
     assert result.exit_code == 0, result.output
     assert "agriculture-p" in result.output  # it cites passages of the new domain
+    # In-context: the support set the checkpoint was adapted on goes into the prompt.
+    result = runner.invoke(app, ["ask", "--checkpoint", str(out), "--index", str(out / "index"),
+                                 "--in-context", "2", "--json", "Who grows Amberlight?"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["answer"] is not None
+    result = runner.invoke(app, ["evaluate", "--checkpoint", str(out), "--task",
+                                 "synthetic/agriculture", "-n", "2", "--in-context", "2",
+                                 "--out", str(meta_run / "eval-icl"), "--cache-dir", "none"])
+    assert result.exit_code == 0, result.output
+    settings = json.loads((meta_run / "eval-icl" / "metrics.json").read_text())["settings"]
+    assert settings["in_context"] == 2
 
 
 def test_adapt_refuses_more_shots_than_examples(meta_run):
@@ -70,13 +87,13 @@ def test_adapt_refuses_more_shots_than_examples(meta_run):
     assert result.exit_code != 0 and "train examples" in result.output
 
 
-def test_benchmark_writes_results_report_and_plots(tmp_path, tiny_encoder_dir):
-    meta = _meta_config(tiny_encoder_dir, tmp_path / "unused")
+def test_benchmark_writes_results_report_and_plots(tmp_path, tiny_encoder_dir, kind):
+    meta = _meta_config(tiny_encoder_dir, tmp_path / "unused", kind)
     config = {
         "out": str(tmp_path / "bench"), "held_out": ["synthetic/legal"], "shots": [0, 2, 4],
         "seeds": [0, 1], "lr_grid": [0.01, 0.03], "curve_shots": 4, "curve_steps": [0, 1],
         "test_examples": 2, "dev_examples": 2,
-        "adapt": {"steps": 2, "params": ["decoder"], "batch_size": 2},
+        "adapt": {"steps": 2, "params": ADAPTED[kind], "batch_size": 2},
         "multitask": {"batch_size": 2, "warmup_steps": 1}, "meta": meta,
     }
     path = tmp_path / "bench.yaml"
@@ -87,11 +104,14 @@ def test_benchmark_writes_results_report_and_plots(tmp_path, tiny_encoder_dir):
     results = json.loads((bench / "results.json").read_text())
     records = results["records"]
     main = [r for r in records if not r.get("curve")]
-    # 3 adapted methods x (2 shots x 2 seeds + 1 unadapted), plus zero-shot once.
-    assert len(main) == 3 * (2 * 2 + 1) + 1
+    # 3 adapted methods x (2 shots x 2 seeds + 1 unadapted), in-context at 2 shots x 2
+    # seeds, plus zero-shot once.
+    assert len(main) == 3 * (2 * 2 + 1) + 2 * 2 + 1
+    assert {r["shots"] for r in main if r["method"] == "in_context"} == {2, 4}
     curve = [r for r in records if r.get("curve")]
     assert {(r["shots"], r["steps"]) for r in curve} == {(4, 0), (4, 1)}
-    assert all(r["lr"] in (0.01, 0.03) for r in main if r["shots"] > 0)
+    assert all(r["lr"] in (0.01, 0.03) for r in main
+               if r["shots"] > 0 and r["method"] != "in_context")
     assert all(0 <= r["scores"]["rougeL"] <= 100 for r in records)
     assert "ROUGE-L" in result.output and "meta" in result.output
     for name in ("report.md", "score_vs_shots.png", "score_vs_steps.png"):

@@ -4,10 +4,12 @@ import json
 from dataclasses import asdict
 
 import pytest
+from helpers import TINY_KINDS, tiny_model
 from typer.testing import CliRunner
 
 from metarag.checkpoint import save_checkpoint
 from metarag.cli import app
+from metarag.config import from_dict
 from metarag.errors import IndexMismatchError
 from metarag.rag.build import ModelConfig, build_model, model_weights
 from metarag.rag.model import RAGConfig
@@ -32,8 +34,8 @@ def _jsonl(path, rows):
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
 
 
-@pytest.fixture(scope="module")
-def setup(tmp_path_factory, tiny_encoder_dir):
+@pytest.fixture(scope="module", params=TINY_KINDS)
+def setup(tmp_path_factory, tiny_encoder_dir, request):
     root = tmp_path_factory.mktemp("qa_cli")
     task = root / "bank"
     task.mkdir()
@@ -41,8 +43,9 @@ def setup(tmp_path_factory, tiny_encoder_dir):
     _jsonl(task / "qa.jsonl", [{"id": i, "question": q, "answer": a, "gold_passage_ids": [g],
                                 "split": "test" if i in ("q3", "q4") else "train"}
                                for i, q, a, g in QA])
-    config = ModelConfig(encoder=str(tiny_encoder_dir), generator="tiny", max_source_length=48,
-                         max_target_length=12, rag=RAGConfig(k=2, max_new_tokens=3))
+    model = tiny_model(request.param, max_source_length=48, max_target_length=12)
+    config = from_dict(ModelConfig, {"encoder": str(tiny_encoder_dir), **model})
+    config.rag = RAGConfig(k=2, max_new_tokens=3)
     checkpoint = save_checkpoint(root / "run", 5, model=model_weights(build_model(config).model),
                                  state={"model_config": asdict(config)})
     index = root / "index"

@@ -72,5 +72,5 @@ def _demo_examples(demos: str | None, state: dict) -> list:
     task = load_task(demos or state.get("task_source", state["task"]), seed=seed)
     if demos is not None:
         return task.train
-    by_id = {e.id: e for e in task.examples()}
+    by_id = {e.id: e for e in task.examples}
     return [by_id[i] for i in state["support_ids"] if i in by_id]

@@ -10,6 +10,7 @@ lies closest to its own passage.
 import logging
 
 import pytest
+from helpers import TINY_KINDS, tiny_model
 
 from metarag.data.schema import Passage, QAExample, Task
 from metarag.errors import DataError
@@ -20,6 +21,7 @@ from metarag.evaluation.qa import (
     markdown_report,
     save_results,
 )
+from metarag.config import from_dict
 from metarag.rag.build import BuiltModel, ModelConfig, build_model
 from metarag.rag.model import RAGConfig
 
@@ -31,10 +33,11 @@ QUESTIONS = [
 ]
 
 
-@pytest.fixture(scope="module")
-def built(tiny_encoder_dir) -> BuiltModel:
-    config = ModelConfig(encoder=str(tiny_encoder_dir), generator="tiny", max_source_length=48,
-                         max_target_length=12, rag=RAGConfig(k=2, max_new_tokens=3))
+@pytest.fixture(scope="module", params=TINY_KINDS)
+def built(tiny_encoder_dir, request) -> BuiltModel:
+    model = tiny_model(request.param, max_source_length=48, max_target_length=12)
+    config = from_dict(ModelConfig, {"encoder": str(tiny_encoder_dir), **model})
+    config.rag = RAGConfig(k=2, max_new_tokens=3)
     return build_model(config)
 
 

@@ -40,9 +40,12 @@ SOURCES = ["question: Zorblat dose? context: Zorblat tablets are taken at 250 mg
 TARGETS = ["250 mg", "4.2 million euros"]
 
 
-def _config(encoder_dir, **adapters) -> ModelConfig:
-    return ModelConfig(encoder=str(encoder_dir), generator="tiny", max_source_length=48,
-                       max_target_length=12, rag=RAGConfig(k=2), **adapters)
+def _config(encoder_dir, kind="bert2bert", **adapters) -> ModelConfig:
+    """A tiny RAG model config; BERT2BERT without adapters unless they are given."""
+    adapters = {"lora": None, **adapters}
+    return ModelConfig(encoder=str(encoder_dir), generator="tiny", generator_kind=kind,
+                       max_source_length=48, max_target_length=12, rag=RAGConfig(k=2),
+                       **adapters)
 
 
 def _build(config):
@@ -262,3 +265,19 @@ def test_checkpoint_round_trip_rebuilds_the_adapters(tmp_path, adapted_config, t
     plain = build_model(_config(tiny_encoder_dir))
     with pytest.raises(CheckpointError, match=r"another model config.*unexpected.*\.base_layer\."):
         load_weights(plain.model, load_checkpoint(tmp_path))
+
+
+def test_gemma_defaults_lora_on_every_attention_projection(tiny_encoder_dir):
+    """The default model's adapted set: LoRA r=8 on q/k/v/o, a no-op until B moves."""
+    built = _build(_config(tiny_encoder_dir, "causal", lora=LoRAConfig(),
+                           soft_prompt_tokens=N_PROMPT))
+    lora = select_params(built.model, "lora")
+    layers = {n.split(".lora_")[0].rsplit(".", 1)[-1] for n in lora}
+    assert layers == {"q_proj", "k_proj", "v_proj", "o_proj"}
+    assert len(lora) == 2 * 4 * 2  # 2 layers x 4 projections x (A, B)
+    assert select_params(built.model, "soft_prompt") == [
+        "generator.model.model.embed_tokens.soft_prompt"]
+    plain = _build(_config(tiny_encoder_dir, "causal", soft_prompt_tokens=N_PROMPT)).model
+    with torch.no_grad():
+        torch.testing.assert_close(built.model(SUPPORT.questions, SUPPORT.answers).loss,
+                                   plain(SUPPORT.questions, SUPPORT.answers).loss)

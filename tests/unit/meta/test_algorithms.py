@@ -188,9 +188,11 @@ def test_set_grads_and_non_finite_query_loss(mlp, episodes):
         maml_step(exploding, meta_params, episodes, inner_steps=1, inner_lr=ALPHA)
 
 
-def test_second_order_maml_through_the_tiny_rag_model(tiny_rag, rag_episodes):
+def test_second_order_maml_through_the_tiny_rag_model(any_tiny_rag, rag_episodes):
     """float32, real RAGModel: grads only for the chosen subset, the module untouched."""
-    names = select_params(tiny_rag, ("decoder", "query_encoder"))
+    kind, tiny_rag = any_tiny_rag
+    part = "decoder" if kind == "bert2bert" else "lora"
+    names = select_params(tiny_rag, (part, "query_encoder"))
     adapted, frozen = split_params(tiny_rag, names)
     before = {k: v.detach().clone() for k, v in tiny_rag.state_dict().items()}
     loss_fn = rag_loss_fn(tiny_rag, frozen)
@@ -199,10 +201,13 @@ def test_second_order_maml_through_the_tiny_rag_model(tiny_rag, rag_episodes):
 
     assert list(result.grads) == names
     assert all(torch.isfinite(g).all() for g in result.grads.values())
-    for prefix in ("generator.model.decoder.", "query_model."):
+    for prefix in ("generator.model.decoder." if kind == "bert2bert" else "generator.",
+                   "query_model."):
         norm = sum(g.norm() for k, g in result.grads.items() if k.startswith(prefix))
         assert norm > 0, f"no meta-gradient reached {prefix}*"
     assert not any(k.startswith("generator.model.encoder.") for k in result.grads)
+    if kind == "causal":
+        assert all(".lora_" in k for k in result.grads if k.startswith("generator."))
     assert result.support_loss > result.loss, "one inner step should lower the loss"
     # Second order really ran: FOMAML's gradient differs.
     first = maml_step(loss_fn, adapted, rag_episodes, inner_steps=1, inner_lr=0.5,
