@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-
 # The two tiny generators every RAG, meta-learning and CLI test runs on: BERT2BERT
 # (encoder-decoder, the small option) and Gemma 3 (decoder-only, the default's
 # architecture, with its default adapted set: LoRA).

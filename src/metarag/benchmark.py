@@ -186,7 +186,9 @@ def _multitask_config(config: BenchmarkConfig, out: Path) -> TrainConfig:
     optim = copy.deepcopy(config.multitask)
     if config.match_budget:
         optim.steps = max(1, round(meta_examples(meta) / optim.batch_size))
+    # The same weights as meta-training's (and every method's adaptation) train.
     return TrainConfig(out=str(out), seed=meta.seed, data=meta.data, model=meta.model,
+                       params=list(meta.inner.params), exclude=list(meta.inner.exclude),
                        optim=optim, eval_every=max(1, optim.steps), checkpoint_every=
                        max(1, optim.steps // 4), tensorboard=meta.tensorboard,
                        cache_dir=meta.cache_dir)

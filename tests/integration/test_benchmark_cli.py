@@ -7,9 +7,9 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
+from helpers import ADAPTED, TINY_KINDS, tiny_model
 from metarag.checkpoint import latest_checkpoint, load_checkpoint
 from metarag.cli import app
-from helpers import ADAPTED, TINY_KINDS, tiny_model
 
 runner = CliRunner()
 

@@ -4,9 +4,9 @@ import json
 from dataclasses import asdict
 
 import pytest
-from helpers import TINY_KINDS, tiny_model
 from typer.testing import CliRunner
 
+from helpers import TINY_KINDS, tiny_model
 from metarag.checkpoint import save_checkpoint
 from metarag.cli import app
 from metarag.config import from_dict

@@ -6,6 +6,7 @@ import json
 import pytest
 import torch
 
+from helpers import ADAPTED, TINY_KINDS, tiny_model
 from metarag.checkpoint import latest_checkpoint, load_checkpoint
 from metarag.data.synthetic import synthetic_suite
 from metarag.meta.adapt import (
@@ -34,29 +35,38 @@ def tasks():
                            domains=["pharmacy", "legal", "finance"])
 
 
-def _config(out, encoder_dir, algorithm="fomaml", inner_lr=1e-2, **meta) -> MetaTrainConfig:
+def _config(out, encoder_dir, algorithm="fomaml", inner_lr=1e-2, kind="bert2bert",
+            **meta) -> MetaTrainConfig:
+    from metarag.config import from_dict
+
+    model = from_dict(ModelConfig, tiny_model(kind, encoder=str(encoder_dir),
+                                              max_source_length=48, max_target_length=12))
+    model.rag = RAGConfig(k=2)
     return MetaTrainConfig(
         out=str(out), seed=0, eval_every=2, checkpoint_every=2, log_every=1,
         cache_dir=str(out.parent / "cache"), tensorboard=False,
-        data=DataConfig(),
-        model=ModelConfig(encoder=str(encoder_dir), generator="tiny", max_source_length=48,
-                          max_target_length=12, rag=RAGConfig(k=2)),
-        inner=AdaptConfig(steps=1, lr=inner_lr, params=["decoder"], batch_size=None),
+        data=DataConfig(), model=model,
+        inner=AdaptConfig(steps=1, lr=inner_lr, params=ADAPTED[kind], batch_size=None),
         meta=MetaOptimConfig(**{"algorithm": algorithm, "steps": 4, "meta_batch": 2,
                                 "n_shot": 2, "n_query": 2, "outer_lr": 1e-3,
                                 "warmup_steps": 1, **meta}))
 
 
+@pytest.mark.parametrize("kind", TINY_KINDS)
 @pytest.mark.parametrize("algorithm", ["maml", "fomaml", "reptile", "meta_sgd"])
 def test_each_algorithm_moves_only_the_meta_parameters(tmp_path, tiny_encoder_dir, tasks,
-                                                       algorithm):
-    cfg = _config(tmp_path / algorithm, tiny_encoder_dir, algorithm)
+                                                       algorithm, kind):
+    cfg = _config(tmp_path / algorithm, tiny_encoder_dir, algorithm, kind=kind)
     result = meta_train(cfg, tasks=tasks, show_progress=False)
     assert result.step == 4 and result.skipped_steps == []
     model = build_model(cfg.model, seed=0).model
     trained = load_checkpoint(tmp_path / algorithm).model
-    moved = {k for k, v in model.named_parameters() if not torch.equal(v, trained[k])}
-    assert moved and moved <= set(adapted_names(model, cfg.inner))
+    meta_names = set(adapted_names(model, cfg.inner))
+    # A small checkpoint: the meta-parameters (and Meta-SGD's rates), not the frozen base.
+    assert {k for k in trained if not k.startswith(LEARNED_LR_PREFIX)} == meta_names
+    own = dict(model.named_parameters())
+    moved = {k for k in meta_names if not torch.equal(own[k], trained[k])}
+    assert moved
     assert not any(k.startswith("query_model.") or "word_embeddings" in k for k in moved)
     rates = learned_inner_lrs(trained)
     if algorithm == "meta_sgd":  # learned rates are saved and have moved off their init
@@ -67,8 +77,10 @@ def test_each_algorithm_moves_only_the_meta_parameters(tmp_path, tiny_encoder_di
     assert {"loss_before", "loss_after"} <= set(result.validation)
 
 
-def test_a_run_writes_its_folder_and_refuses_to_overwrite(tmp_path, tiny_encoder_dir, tasks):
-    cfg = _config(tmp_path / "run", tiny_encoder_dir)
+@pytest.mark.parametrize("kind", TINY_KINDS)
+def test_a_run_writes_its_folder_and_refuses_to_overwrite(tmp_path, tiny_encoder_dir, tasks,
+                                                          kind):
+    cfg = _config(tmp_path / "run", tiny_encoder_dir, kind=kind)
     meta_train(cfg, tasks=tasks, show_progress=False)
     run = tmp_path / "run"
     assert (run / "config.yaml").is_file()
@@ -84,11 +96,13 @@ def test_a_run_writes_its_folder_and_refuses_to_overwrite(tmp_path, tiny_encoder
         meta_train(cfg, tasks=tasks, show_progress=False)
 
 
-@pytest.mark.parametrize("algorithm", ["maml", "meta_sgd"])
-def test_resumed_run_equals_uninterrupted_run(tmp_path, tiny_encoder_dir, tasks, algorithm):
-    meta_train(_config(tmp_path / "straight", tiny_encoder_dir, algorithm), tasks=tasks,
-               show_progress=False)
-    cfg = _config(tmp_path / "killed", tiny_encoder_dir, algorithm)
+@pytest.mark.parametrize(("algorithm", "kind"), [("maml", "bert2bert"), ("meta_sgd", "bert2bert"),
+                                                  ("maml", "causal")])
+def test_resumed_run_equals_uninterrupted_run(tmp_path, tiny_encoder_dir, tasks, algorithm,
+                                              kind):
+    meta_train(_config(tmp_path / "straight", tiny_encoder_dir, algorithm, kind=kind),
+               tasks=tasks, show_progress=False)
+    cfg = _config(tmp_path / "killed", tiny_encoder_dir, algorithm, kind=kind)
     meta_train(cfg, tasks=tasks, stop_after=2, show_progress=False)  # "killed" after step 2
     assert latest_checkpoint(tmp_path / "killed").name == "step-000002"
     meta_train(cfg, tasks=tasks, resume=True, show_progress=False)

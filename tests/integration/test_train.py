@@ -5,11 +5,14 @@ import json
 import pytest
 import torch
 
+from helpers import ADAPTED, TINY_KINDS, tiny_model
 from metarag.checkpoint import latest_checkpoint, load_checkpoint
 from metarag.data.synthetic import synthetic_suite
 from metarag.rag.build import ModelConfig
 from metarag.rag.model import RAGConfig
 from metarag.train import DataConfig, OptimConfig, TrainConfig, TrainingError, lr_factor, train
+
+kinds = pytest.mark.parametrize("kind", TINY_KINDS)
 
 
 @pytest.fixture(scope="module")
@@ -18,19 +21,24 @@ def tasks():
                            domains=["pharmacy", "legal"])
 
 
-def _config(out, encoder_dir, **optim) -> TrainConfig:
+def _config(out, encoder_dir, kind="causal", params=None, **optim) -> TrainConfig:
+    from metarag.config import from_dict
+
+    model = from_dict(ModelConfig, tiny_model(kind, encoder=str(encoder_dir),
+                                              max_source_length=48, max_target_length=12))
+    model.rag = RAGConfig(k=2)
     return TrainConfig(
         out=str(out), seed=0, eval_every=2, checkpoint_every=2, log_every=1,
         cache_dir=str(out.parent / "cache"),
-        data=DataConfig(dev_examples=2),
-        model=ModelConfig(encoder=str(encoder_dir), generator="tiny", max_source_length=48,
-                          max_target_length=12, rag=RAGConfig(k=2)),
+        data=DataConfig(dev_examples=2), model=model, params=params or ADAPTED[kind],
         optim=OptimConfig(**{"steps": 4, "batch_size": 2, "lr": 1e-3, "warmup_steps": 1,
                              **optim}))
 
 
-def test_a_run_writes_its_folder(tmp_path, tiny_encoder_dir, tasks):
-    result = train(_config(tmp_path / "run", tiny_encoder_dir), tasks=tasks, show_progress=False)
+@kinds
+def test_a_run_writes_its_folder(kind, tmp_path, tiny_encoder_dir, tasks):
+    result = train(_config(tmp_path / "run", tiny_encoder_dir, kind), tasks=tasks,
+                   show_progress=False)
     run = tmp_path / "run"
     assert result.step == 4 and torch.isfinite(torch.tensor(result.last_loss))
     assert (run / "config.yaml").is_file() and list((run / "tensorboard").iterdir())
@@ -45,9 +53,10 @@ def test_a_run_writes_its_folder(tmp_path, tiny_encoder_dir, tasks):
         train(_config(run, tiny_encoder_dir), tasks=tasks, show_progress=False)
 
 
-def test_resumed_run_equals_uninterrupted_run(tmp_path, tiny_encoder_dir, tasks):
-    train(_config(tmp_path / "straight", tiny_encoder_dir), tasks=tasks, show_progress=False)
-    cfg = _config(tmp_path / "killed", tiny_encoder_dir)
+@kinds
+def test_resumed_run_equals_uninterrupted_run(kind, tmp_path, tiny_encoder_dir, tasks):
+    train(_config(tmp_path / "straight", tiny_encoder_dir, kind), tasks=tasks, show_progress=False)
+    cfg = _config(tmp_path / "killed", tiny_encoder_dir, kind)
     train(cfg, tasks=tasks, stop_after=2, show_progress=False)   # "killed" after step 2
     assert latest_checkpoint(tmp_path / "killed").name == "step-000002"
     train(cfg, tasks=tasks, resume=True, show_progress=False)
@@ -66,10 +75,11 @@ def test_resume_without_a_checkpoint_is_refused(tmp_path, tiny_encoder_dir, task
               show_progress=False)
 
 
-def test_non_finite_losses_stop_the_run_and_keep_the_last_good_checkpoint(
+@kinds
+def test_non_finite_losses_stop_the_run_and_keep_the_last_good_checkpoint(kind, 
         tmp_path, tiny_encoder_dir, tasks):
     # An absurd learning rate blows the weights up after the first step.
-    cfg = _config(tmp_path / "nan", tiny_encoder_dir, lr=1e30, warmup_steps=0, steps=8)
+    cfg = _config(tmp_path / "nan", tiny_encoder_dir, kind, lr=1e30, warmup_steps=0, steps=8)
     cfg.checkpoint_every = 1
     cfg.max_bad_steps = 2
     with pytest.raises(TrainingError, match=r"not finite for 2 steps in a row.*step-000001"):
@@ -108,15 +118,18 @@ def test_train_command_with_yaml_and_overrides(tmp_path, tiny_encoder_dir):
     assert "unknown key optim.lrr" in str(result.exception)
 
 
-def test_retriever_lr_zero_leaves_the_query_encoder_alone(tmp_path, tiny_encoder_dir, tasks):
+@kinds
+def test_retriever_lr_zero_leaves_the_query_encoder_alone(kind, tmp_path, tiny_encoder_dir, tasks):
     from metarag.rag.build import build_model
 
-    cfg = _config(tmp_path / "frozen-retriever", tiny_encoder_dir, retriever_lr=0.0)
+    cfg = _config(tmp_path / "frozen-retriever", tiny_encoder_dir, kind,
+                  params=[*ADAPTED[kind], "query_encoder"], retriever_lr=0.0)
     train(cfg, tasks=tasks, show_progress=False)
     trained = load_checkpoint(tmp_path / "frozen-retriever").model
     initial = build_model(cfg.model).model.state_dict()
     query = [k for k in trained if k.startswith("query_model.")]
     generator = [k for k in trained if k.startswith("generator.")]
+    assert query and generator
     # weight decay is decoupled and scaled by the lr, so a zero rate moves nothing
     assert all(torch.equal(trained[k], initial[k]) for k in query)
     assert any(not torch.equal(trained[k], initial[k]) for k in generator)

@@ -16,6 +16,7 @@ from metarag.cli import (
     benchmark,
     eval_retrieval,
     evaluate,
+    export_peft,
     index,
     meta_train,
     retrieve,
@@ -40,6 +41,7 @@ app.command("ask")(ask.ask)
 app.command("train")(train.train)
 app.command("meta-train")(meta_train.meta_train)
 app.command("adapt")(adapt.adapt)
+app.command("export-peft")(export_peft.export_peft)
 app.command("benchmark")(benchmark.benchmark)
 
 

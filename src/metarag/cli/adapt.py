@@ -40,10 +40,18 @@ def adapt(
 
     from metarag.checkpoint import load_checkpoint, save_checkpoint
     from metarag.data.loaders import load_task
-    from metarag.meta.adapt import AdaptConfig
+    from metarag.meta.adapt import AdaptConfig, adapted_names
     from metarag.meta.adapt import adapt as run
     from metarag.meta.train import learned_inner_lrs
-    from metarag.rag.build import MODEL_CONFIG_KEY, load_trained, model_weights
+    from metarag.rag.build import (
+        AUX_PREFIX,
+        BASE_KEY,
+        MODEL_CONFIG_KEY,
+        base_record,
+        build_seed,
+        load_trained,
+        model_weights,
+    )
     from metarag.retrieval import DenseIndex
     from metarag.retrieval.cache import cached_embeddings
 
@@ -67,15 +75,22 @@ def adapt(
     DenseIndex.from_embeddings(target.corpus, vectors, encoder=built.passage_encoder,
                                language=target.language).save(out / "index")
     built.use_corpus(target.corpus, embeddings=vectors)
-    learned = None if lr is not None else (
-        learned_inner_lrs(load_checkpoint(checkpoint).model) or None)
+    start = load_checkpoint(checkpoint).model
+    learned = None if lr is not None else (learned_inner_lrs(start) or None)
     adapted = run(built, support, config=config, learned_lrs=learned)
-    saved = save_checkpoint(out, config.steps, model=model_weights(adapted.model), keep=1, state={
-        MODEL_CONFIG_KEY: state[MODEL_CONFIG_KEY], "kind": "adapted",
-        "adapted_from": str(checkpoint), "task": target.name, "task_source": str(task), "shots": shots,
-        "support_ids": [e.id for e in support], "adapt": asdict(config),
-        "learned_lrs": learned is not None,
-        "config": {"data": {"seed": seed}}})
+    # The adapted model differs from the base in what the start trained and what was
+    # adapted now; only those weights are saved (all of them after an old full start).
+    trained = {k for k in start if not k.startswith(AUX_PREFIX)}
+    trained |= set(adapted_names(adapted.model, config))
+    saved = save_checkpoint(out, config.steps, model=model_weights(adapted.model, trained),
+                            keep=1, state={
+                                MODEL_CONFIG_KEY: state[MODEL_CONFIG_KEY], "kind": "adapted",
+                                BASE_KEY: base_record(adapted.model, seed=build_seed(state)),
+                                "adapted_from": str(checkpoint), "task": target.name,
+                                "task_source": str(task), "shots": shots,
+                                "support_ids": [e.id for e in support], "adapt": asdict(config),
+                                "learned_lrs": learned is not None,
+                                "config": {"data": {"seed": seed}}})
     rate = "Meta-SGD's learned rates" if learned else f"lr {config.lr:g}"
     typer.echo(f"adapted to {target.name} with {shots} shots, {config.steps} steps at {rate} "
                f"({time.perf_counter() - started:.0f} s): {saved}\n"

@@ -11,48 +11,37 @@ the rest keeps its pretrained values. Test-time adaptation (`metarag.meta.adapt`
 uses the same ``inner`` settings, so what is meta-trained is what is adapted.
 
 Exact resume: episodes come from a `MetaBatchSampler` whose state is its seed
-and a counter; the checkpoint holds that, the weights, Adam's moments, the
-learned inner rates (Meta-SGD) and every RNG. The model runs in eval mode (no
+and a counter; the checkpoint holds that, the meta-parameters (not the frozen
+base: a small checkpoint, `metarag.loop`), Adam's moments, the learned inner
+rates (Meta-SGD) and every RNG. The model runs in eval mode (no
 dropout), so a resumed run repeats an uninterrupted one step for step.
 """
 
 from __future__ import annotations
 
 import math
-import random
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import Tensor
 
-from metarag.checkpoint import (
-    latest_checkpoint,
-    restore_optimizer,
-    restore_rng,
-    save_checkpoint,
-)
-from metarag.config import save_config
+from metarag.checkpoint import Checkpoint
 from metarag.data.episodes import Episode, MetaBatchSampler
 from metarag.data.schema import Task
+from metarag.loop import DataConfig, Run, TrainingError, lr_factor, prepare, train_only
 from metarag.meta.adapt import AdaptConfig, adapted_names
 from metarag.meta.algorithms import maml_step, meta_sgd_lrs, reptile_step, set_grads
 from metarag.meta.inner import Batch, LearningRate, NonFiniteLossError, inner_loop, rag_loss_fn
 from metarag.meta.params import Params, split_params
-from metarag.rag.build import AUX_PREFIX, MODEL_CONFIG_KEY, ModelConfig, build_model, load_weights
+from metarag.rag.build import AUX_PREFIX, ModelConfig
 from metarag.rag.model import EncoderCache, RAGModel
-from metarag.train import (
-    DataConfig,
-    RunLog,
-    TrainingError,
-    checkpoint_to_resume,
-    embed_corpus,
-    lr_factor,
-)
+
+__all__ = ["ALGORITHMS", "LEARNED_LR_PREFIX", "DataConfig", "MetaOptimConfig", "MetaTrainConfig",
+           "MetaTrainResult", "TrainingError", "learned_inner_lrs", "meta_train", "meta_validate"]
 
 ALGORITHMS = ("maml", "fomaml", "reptile", "meta_sgd")
 LEARNED_LR_PREFIX = AUX_PREFIX + "inner_lr."
@@ -196,60 +185,40 @@ def meta_train(config: MetaTrainConfig, *, resume: bool = False, tasks: list[Tas
     """
     from tqdm.auto import tqdm
 
-    from metarag.data.loaders import load_tasks
-
     started = time.perf_counter()
-    out = Path(config.out)
-    torch.manual_seed(config.seed)
-    random.seed(config.seed)
-    np.random.seed(config.seed % 2**32)
-    if tasks is None:
-        tasks = load_tasks(config.data.data, config.data.tasks or None, seed=config.data.seed,
-                           max_tokens=config.data.max_tokens, overlap=config.data.overlap)
     meta = config.meta
+    run = Run(config, total=meta.steps, resume=resume, stop_after=stop_after,
+              hint="Lower inner.lr or meta.outer_lr")
+    tasks, built, corpora = prepare(config, tasks)
     sampler = MetaBatchSampler(tasks, n_shot=meta.n_shot, n_query=meta.n_query,
                                meta_batch_size=meta.meta_batch, seed=config.seed)
-    built = build_model(config.model, seed=config.seed)
     model = built.model
     model.eval()  # no dropout: deterministic steps, as at adaptation time
-    corpora = {t.name: embed_corpus(built, t, config.cache_dir) for t in tasks}
     switch = _CorpusSwitch(model, tasks, corpora)
 
-    names = adapted_names(model, config.inner)
+    # Only the meta-parameters learn (and are saved); the rest is the frozen base.
+    names = train_only(model, adapted_names(model, config.inner))
     meta_params, frozen = split_params(model, names)
-    for p in model.parameters():  # only the meta-parameters learn
-        p.requires_grad_(False)
-    for p in meta_params.values():
-        p.requires_grad_(True)
     loss_fn = _loss_fn(model, frozen, switch, config.encoder_cache_mb)
     rates = meta_sgd_lrs(meta_params, config.inner.lr) if meta.algorithm == "meta_sgd" else None
-    opt_params = {**meta_params, **({LEARNED_LR_PREFIX + k: v for k, v in rates.items()}
-                                    if rates else {})}
+    aux = {LEARNED_LR_PREFIX + k: v for k, v in rates.items()} if rates else {}
+    opt_params = {**meta_params, **aux}
     optimizer = torch.optim.Adam(list(opt_params.values()), lr=meta.outer_lr)
 
-    start = 0
-    ckpt = checkpoint_to_resume(out, config.model, resume)
-    if ckpt is not None:
-        load_weights(model, ckpt)
+    def restore_method_state(ckpt: Checkpoint) -> None:
         if rates is not None:
             with torch.no_grad():
                 for k, v in rates.items():
                     v.copy_(ckpt.model[LEARNED_LR_PREFIX + k])
-        restore_optimizer(optimizer, ckpt, list(opt_params))
         sampler.load_state_dict(ckpt.state["sampler"])
-        start = int(ckpt.state["step"])
-        restore_rng(ckpt)
-    save_config(config, out / "config.yaml")
-    log = RunLog(out, start, tensorboard=config.tensorboard)
+
+    run.restore(model, optimizer, list(opt_params), extra=restore_method_state)
     val_episodes = _validation_episodes(tasks, config)
 
-    end = meta.steps if stop_after is None else min(meta.steps, start + stop_after)
-    bad: list[int] = []
-    skipped: list[int] = []
     loss_value = float("nan")
     validation: dict[str, float] = {}
-    bar = tqdm(range(start, end), initial=start, total=meta.steps, desc=f"meta-train "
-               f"({meta.algorithm})", disable=not show_progress)
+    bar = tqdm(range(run.start, run.end), initial=run.start, total=meta.steps,
+               desc=f"meta-train ({meta.algorithm})", disable=not show_progress)
     for step in bar:
         for group in optimizer.param_groups:
             group["lr"] = meta.outer_lr * lr_factor(step, meta.warmup_steps, meta.steps)
@@ -258,17 +227,8 @@ def meta_train(config: MetaTrainConfig, *, resume: bool = False, tasks: list[Tas
             result = _meta_step(meta.algorithm, loss_fn, meta_params, episodes, config.inner,
                                 rates)
         except NonFiniteLossError as err:
-            bad.append(step)
-            skipped.append(step)
-            log.write({"step": step, "event": "skipped", "reason": str(err)})
-            if len(bad) >= config.max_bad_steps:
-                raise TrainingError(
-                    f"a loss was not finite for {len(bad)} meta-steps in a row (steps "
-                    f"{bad[0]}-{bad[-1]}; last: {err}); stopping. Last good checkpoint: "
-                    f"{latest_checkpoint(out) or 'none'}. Lower inner.lr or meta.outer_lr, "
-                    "then resume from it with --resume.") from err
+            run.skip(step, str(err), cause=err)
             continue
-        bad.clear()
         optimizer.zero_grad(set_to_none=True)
         set_grads(meta_params, result.grads)
         if rates is not None and result.lr_grads:
@@ -276,34 +236,29 @@ def meta_train(config: MetaTrainConfig, *, resume: bool = False, tasks: list[Tas
         grad_norm = torch.nn.utils.clip_grad_norm_(list(opt_params.values()),
                                                    meta.grad_clip).item()
         if not math.isfinite(grad_norm):
-            skipped.append(step)
-            log.write({"step": step, "event": "skipped", "reason": "non-finite gradient"})
+            run.skip(step, "non-finite gradient")
             continue
         optimizer.step()
+        run.step_ok()
         done = step + 1
         loss_value = result.loss if result.loss is not None else float("nan")
-        if done % config.log_every == 0 or done == end:
-            log.write({"step": done, "query_loss": result.loss,
-                       "support_loss": result.support_loss, "grad_norm": grad_norm,
-                       "lr": optimizer.param_groups[0]["lr"],
-                       "tasks": [t.task_name for t in result.tasks],
-                       "seconds": time.perf_counter() - started})
+        if run.due(done, config.log_every):
+            run.log.write({"step": done, "query_loss": result.loss,
+                           "support_loss": result.support_loss, "grad_norm": grad_norm,
+                           "lr": optimizer.param_groups[0]["lr"],
+                           "tasks": [t.task_name for t in result.tasks],
+                           "seconds": time.perf_counter() - started})
         bar.set_postfix(query=f"{loss_value:.3f}", support=f"{result.support_loss or 0:.3f}")
-        if val_episodes and (done % config.eval_every == 0 or done == meta.steps):
+        if val_episodes and run.due(done, config.eval_every, last=meta.steps):
             validation = meta_validate(loss_fn, meta_params, val_episodes, config.inner, rates)
-            log.write({"step": done, **{f"val/{k}": v for k, v in validation.items()}})
-        if done % config.checkpoint_every == 0 or done == end:
-            weights = {k: v for k, v in model.state_dict().items()}
-            if rates is not None:
-                weights.update({LEARNED_LR_PREFIX + k: v.detach() for k, v in rates.items()})
-            save_checkpoint(out, done, model=weights, optimizer=optimizer,
-                            param_names=list(opt_params), keep=config.keep_checkpoints,
-                            state={MODEL_CONFIG_KEY: asdict(config.model),
-                                   "config": asdict(config), "sampler": sampler.state_dict(),
-                                   "validation": validation, "kind": "meta-train",
-                                   "tasks": [t.name for t in tasks]})
-    log.close()
-    return MetaTrainResult(out, end, loss_value, validation, skipped,
+            run.log.write({"step": done, **{f"val/{k}": v for k, v in validation.items()}})
+        if run.due(done, config.checkpoint_every):
+            run.save(done, model=model, trained=names, optimizer=optimizer,
+                     param_names=list(opt_params), aux=aux,
+                     state={"sampler": sampler.state_dict(), "validation": validation,
+                            "kind": "meta-train", "tasks": [t.name for t in tasks]})
+    run.close()
+    return MetaTrainResult(run.out, run.end, loss_value, validation, run.skipped,
                            time.perf_counter() - started)
 
 

@@ -1,15 +1,24 @@
 """Build a RAGModel from its config, and move its weights in and out of checkpoints.
 
-A checkpoint stores the trainable weights and the `ModelConfig`; loading rebuilds
-the architecture from the config (base models are local folders, e.g. the
-bundled MiniLM) and then loads the weights, refusing any whose names or shapes
-do not fit, with the differences named.
+A checkpoint holds the weights that were trained (LoRA, a soft prompt, the query
+encoder, top layers... or everything when everything trains: `model_weights`),
+the `ModelConfig`, and the identity of the base it was trained on (`base_record`:
+the generator's and the encoder's ``base_identity`` and the build seed, under the
+state key ``"base"``). With Gemma 3 270M and the default LoRA that is ~3 MB
+instead of a 1 GB copy of the base.
+
+Loading (`load_trained`, `load_weights`) rebuilds the model from its config, the
+base weights coming from their own files, refuses a checkpoint trained on another
+base (naming both identities), then loads the saved weights strictly: every saved
+name must be a weight of the model, with the same shape. Checkpoints written
+before this (no ``"base"`` in the state) hold every weight and still load; they
+must then cover the whole model.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -172,22 +181,118 @@ def _build(config: ModelConfig, seed: int) -> BuiltModel:
     return BuiltModel(model, passage)
 
 
-def model_weights(model: RAGModel) -> dict[str, torch.Tensor]:
-    """Everything a checkpoint must hold to restore the model (no passage buffers)."""
-    return dict(model.state_dict())
+def model_weights(model: RAGModel, trained: Collection[str] | None = None
+                  ) -> dict[str, torch.Tensor]:
+    """What a checkpoint holds to restore the model: the trained weights over its base.
+
+    Args:
+        model: The model.
+        trained: Names of the weights that were trained (parameter names from
+            `metarag.meta.params.select_params`, or state-dict keys); None for all.
+
+    Returns:
+        The whole state dict (no passage buffers) when ``trained`` is None or covers
+        every parameter; otherwise only the ``trained`` entries. Buffers and the
+        untrained weights come back from the base when the model is rebuilt.
+
+    Raises:
+        ValueError: A name is not in the model's state dict.
+    """
+    state = model.state_dict()
+    if trained is None:
+        return dict(state)
+    wanted = set(trained)
+    unknown = sorted(wanted - state.keys())
+    if unknown:
+        raise ValueError(f"{len(unknown)} trained names are not weights of the model, e.g. "
+                         f"{unknown[0]!r}")
+    if {n for n, _ in model.named_parameters()} <= wanted:
+        return dict(state)  # everything trained: the checkpoint is the whole model
+    return {k: v for k, v in state.items() if k in wanted}
 
 
 AUX_PREFIX = "aux."
 """Checkpoint tensors under this prefix belong to the training method (e.g. Meta-SGD's
 learned inner rates), not to the model; `load_weights` leaves them alone."""
 
+BASE_KEY = "base"
+"""State key of the base a checkpoint was trained on (`base_record`)."""
+
+
+def base_record(model: RAGModel, *, seed: int) -> dict[str, Any]:
+    """What a checkpoint records about the weights it does not hold.
+
+    Args:
+        model: The model whose trained weights are saved.
+        seed: The seed it was built with (`build_model`): it draws what starts
+            random (LoRA's A, a warm start's new layers), so a rebuild must reuse it.
+
+    Returns:
+        ``{"generator": <Generator.base_identity>, "encoder": <DenseEncoder.base_identity>,
+        "seed": seed}``; an identity is None where it is unknown (a hub name).
+    """
+    return {"generator": getattr(model.generator, "base_identity", None),
+            "encoder": getattr(model.query_encoder, "base_identity", None),
+            "seed": seed}
+
+
+def build_seed(state: Mapping[str, Any]) -> int:
+    """The seed a checkpoint's model was built with (0 for checkpoints that predate it)."""
+    return int((state.get(BASE_KEY) or {}).get("seed", 0))
+
+
+def check_base(model: RAGModel, checkpoint: Checkpoint) -> None:
+    """Refuse a checkpoint whose recorded base differs from the model's.
+
+    A small checkpoint only makes sense on the base it was trained over; a mismatch
+    (another GGUF, another encoder, another tiny seed) would load without an error
+    and silently answer with another model. Unknown identities (None on either
+    side) cannot be compared and pass with a warning.
+
+    Raises:
+        CheckpointError: Naming the part, and both identities.
+    """
+    recorded = checkpoint.state.get(BASE_KEY)
+    if not recorded:
+        return  # an older, full checkpoint: it carries every weight itself
+    mine = base_record(model, seed=0)
+    for part in ("generator", "encoder"):
+        theirs, ours = recorded.get(part), mine[part]
+        if theirs is None or ours is None:
+            if theirs != ours:
+                logger.warning("%s: cannot check the base model.%s (recorded %s, model %s)",
+                               checkpoint.path, part, theirs, ours)
+        elif theirs != ours:
+            raise CheckpointError(
+                f"checkpoint {checkpoint.path} was trained on base {_short(theirs)}, but "
+                f"model.{part} loads {_short(ours)}: its weights only fit the base they were "
+                f"trained over. Point model.{part} at that base (the config in its state.json "
+                "names it) or retrain on this one.")
+
+
+def _short(identity: str) -> str:
+    # sha256 digests are long; 16 hex digits name them unambiguously in a message.
+    kind, _, digest = identity.partition(":")
+    return f"{kind}:{digest[:16]}…" if kind == "sha256" and len(digest) > 16 else identity
+
 
 def load_weights(model: RAGModel, checkpoint: Checkpoint) -> None:
-    """Load checkpoint weights, refusing ones from another model config with the differences."""
+    """Load a checkpoint's weights into a model built from its config.
+
+    A checkpoint with a base record (`base_record`) may hold any part of the model
+    and must have been trained on the model's base; an older one must hold all of it.
+    Either way every saved weight must exist in the model with the same shape.
+
+    Raises:
+        CheckpointError: Another base (`check_base`), or weights that do not fit,
+            with the first mismatches named.
+    """
+    check_base(model, checkpoint)
     weights = {k: v for k, v in checkpoint.model.items() if not k.startswith(AUX_PREFIX)}
     expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     saved = {k: tuple(v.shape) for k, v in weights.items()}
-    missing = sorted(set(expected) - set(saved))
+    partial = bool(checkpoint.state.get(BASE_KEY))
+    missing = [] if partial else sorted(set(expected) - set(saved))
     unexpected = sorted(set(saved) - set(expected))
     reshaped = sorted(k for k in set(expected) & set(saved) if expected[k] != saved[k])
     if missing or unexpected or reshaped:
@@ -195,7 +300,7 @@ def load_weights(model: RAGModel, checkpoint: Checkpoint) -> None:
         if missing:
             parts.append(f"{len(missing)} weights missing (e.g. {missing[0]})")
         if unexpected:
-            parts.append(f"{len(unexpected)} unexpected (e.g. {unexpected[0]})")
+            parts.append(f"{len(unexpected)} unexpected (e.g. {', '.join(unexpected[:3])})")
         if reshaped:
             k = reshaped[0]
             parts.append(f"{len(reshaped)} with other shapes (e.g. {k}: saved {saved[k]}, "
@@ -203,28 +308,48 @@ def load_weights(model: RAGModel, checkpoint: Checkpoint) -> None:
         raise CheckpointError(f"{checkpoint.path}: was saved from another model config: "
                               + "; ".join(parts) + ". Use the config the checkpoint was "
                               "trained with (it is in its state.json).")
-    model.load_state_dict(weights)
+    # Names and shapes are checked above, so strict=False only skips the base's weights.
+    model.load_state_dict(weights, strict=not partial)
 
 
 MODEL_CONFIG_KEY = "model_config"
 
 
-def load_trained(path: str, *, seed: int = 0) -> tuple[BuiltModel, dict[str, Any]]:
-    """Rebuild a model from a checkpoint (or run) folder: config from its state, then weights.
+def checkpoint_config(checkpoint: Checkpoint) -> ModelConfig:
+    """The `ModelConfig` a checkpoint's model was built from (its state's ``model_config``).
 
-    Returns:
-        The model, in eval mode, and the checkpoint's JSON state.
+    Raises:
+        CheckpointError: The state has none (not written by a metarag command).
+        ConfigError: It does not validate, naming the field.
     """
-    from metarag.checkpoint import load_checkpoint
     from metarag.config import from_dict
 
-    checkpoint = load_checkpoint(path)
     if MODEL_CONFIG_KEY not in checkpoint.state:
         raise CheckpointError(f"{checkpoint.path}: state.json has no {MODEL_CONFIG_KEY!r}; "
                               "it was not written by `metarag train`")
-    config = from_dict(ModelConfig, checkpoint.state[MODEL_CONFIG_KEY],
-                       source=str(checkpoint.path / "state.json"), prefix=MODEL_CONFIG_KEY + ".")
-    built = build_model(config, seed=seed)
+    return from_dict(ModelConfig, checkpoint.state[MODEL_CONFIG_KEY],
+                     source=str(checkpoint.path / "state.json"), prefix=MODEL_CONFIG_KEY + ".")
+
+
+def load_trained(path: str, *, seed: int | None = None) -> tuple[BuiltModel, dict[str, Any]]:
+    """Rebuild a model from a checkpoint (or run) folder: config from its state, then weights.
+
+    Args:
+        path: A checkpoint folder, or a run folder (its latest checkpoint).
+        seed: The build seed; None for the one the checkpoint records (0 if none).
+
+    Returns:
+        The model, in eval mode, and the checkpoint's JSON state.
+
+    Raises:
+        CheckpointError: No model config in the state, another base, or weights
+            that do not fit the config (`load_weights`).
+    """
+    from metarag.checkpoint import load_checkpoint
+
+    checkpoint = load_checkpoint(path)
+    config = checkpoint_config(checkpoint)
+    built = build_model(config, seed=build_seed(checkpoint.state) if seed is None else seed)
     load_weights(built.model, checkpoint)
     built.model.eval()
     return built, checkpoint.state

@@ -71,6 +71,10 @@ class DenseEncoder:
             reload it).
         max_length: Inputs are truncated to this many tokens (special tokens included).
         device: Torch device the model lives on.
+        base_identity: ``"sha256:<fingerprint>"`` of the weights as loaded (set by
+            :meth:`from_pretrained`, before any training moves them; None for an
+            encoder built from parts). Small checkpoints record it, so that one
+            trained over another encoder is refused by name.
     """
 
     def __init__(self, model: Any, tokenizer: Any, *, name_or_path: str, max_length: int,
@@ -82,6 +86,7 @@ class DenseEncoder:
         self.device = device
         self._fingerprint: str | None = None
         self._fingerprint_versions: tuple[int, ...] | None = None
+        self.base_identity: str | None = None
 
     @classmethod
     def from_pretrained(cls, name_or_path: str | Path | None = None, *, max_length: int = 256,
@@ -139,7 +144,11 @@ class DenseEncoder:
             logger.warning("encoder %s supports at most %d tokens; max_length %d lowered to %d",
                            name, limit, max_length, limit)
             max_length = limit
-        return cls(model, tokenizer, name_or_path=name, max_length=max_length, device=device)
+        encoder = cls(model, tokenizer, name_or_path=name, max_length=max_length, device=device)
+        # Taken now, while the weights are the files' (a trained query encoder's
+        # fingerprint moves); the passage encoder reuses the cached value for its cache key.
+        encoder.base_identity = f"sha256:{encoder.fingerprint()}"
+        return encoder
 
     @property
     def dim(self) -> int:

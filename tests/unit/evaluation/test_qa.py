@@ -10,8 +10,9 @@ lies closest to its own passage.
 import logging
 
 import pytest
-from helpers import TINY_KINDS, tiny_model
 
+from helpers import TINY_KINDS, tiny_model
+from metarag.config import from_dict
 from metarag.data.schema import Passage, QAExample, Task
 from metarag.errors import DataError
 from metarag.evaluation.qa import (
@@ -21,7 +22,6 @@ from metarag.evaluation.qa import (
     markdown_report,
     save_results,
 )
-from metarag.config import from_dict
 from metarag.rag.build import BuiltModel, ModelConfig, build_model
 from metarag.rag.model import RAGConfig
 
