@@ -7,7 +7,8 @@ K train examples as demos. Every metric of `metarag evaluate` is kept; each
 (dataset, method) cell is written to OUT as soon as it is done, and a re-run skips
 the cells already there, so a killed run resumes.
 
-    python experiments/gemma_baselines.py --data ../shared/data --out docs/results/gemma-baselines.json \\
+    python experiments/gemma_baselines.py --data ../shared/data \\
+        --out docs/results/gemma-baselines.json \\
         --max-examples 24 --in-context 4 --threads 1
 """
 
@@ -63,7 +64,8 @@ def main() -> None:
     load_seconds = time.perf_counter() - started
     suffix = f"@{args.checkpoint}" if args.checkpoint else ""
     for name in args.datasets:
-        methods = {f"zero_shot{suffix}": 0, f"in_context_{args.in_context}{suffix}": args.in_context}
+        methods = {f"zero_shot{suffix}": 0,
+                   f"in_context_{args.in_context}{suffix}": args.in_context}
         todo = {m: k for m, k in methods.items() if f"{name}/{m}" not in results["cells"]}
         if not todo:
             continue
@@ -89,7 +91,8 @@ def main() -> None:
             tmp.replace(out)
             m = cell["metrics"]
             logging.info("%s %s: F1 %.1f EM %.1f ROUGE-L %.1f R@5 %s (%.0f s)", name, method,
-                         m["f1"], m["exact_match"], m["rougeL"], m.get("recall@5"), cell["wall_seconds"])
+                         m["f1"], m["exact_match"], m["rougeL"], m.get("recall@5"),
+                         cell["wall_seconds"])
 
 
 if __name__ == "__main__":

@@ -38,7 +38,8 @@ import inspect
 import json
 import logging
 import os
-from collections.abc import Sequence
+import re
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -337,7 +338,8 @@ class Generator(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                 labels: torch.Tensor | None = None,
-                encoder_states: torch.Tensor | None = None) -> torch.Tensor:
+                encoder_states: torch.Tensor | None = None,
+                prefix_states: torch.Tensor | None = None, from_layer: int = 0) -> torch.Tensor:
         """Per-sequence log-likelihood of the target: sum over tokens of log p(y_t | y_<t, x).
 
         Recomputed from the model's logits on every call (no caches, no in-place
@@ -351,6 +353,11 @@ class Generator(nn.Module):
             encoder_states: Encoder-decoder kinds only: (B, S, H) output of
                 :meth:`encode` for these ``input_ids``, reused instead of running the
                 encoder again (e.g. across inner steps that leave the encoder frozen).
+            prefix_states: Decoder-only kinds only: (B, L, H) output of
+                :meth:`prefix_states` for these ``input_ids`` and ``from_layer``; only
+                the layers from ``from_layer`` up run (e.g. when the layers below are
+                frozen, see `metarag.rag.model.PrefixCache`).
+            from_layer: The first layer to run on ``prefix_states``.
 
         Returns:
             (B,) float32 log-likelihoods (<= 0).
@@ -359,6 +366,9 @@ class Generator(nn.Module):
             raise ValueError("Generator.forward needs labels: build the batch with "
                              "tokenize(sources, targets)")
         labelled = labels != IGNORE_INDEX                                             # (B, T)
+        if prefix_states is not None and self.is_encoder_decoder:
+            raise ValueError(f"prefix_states is for decoder-only generators; this one is "
+                             f"{self.kind!r} (pass encoder_states instead)")
         if self.is_encoder_decoder:
             decoder_input_ids = _shift_right(labels, self.decoder_start_id, self.pad_id)
             # Labels are right-padded and the decoder is causal, so padded decoder
@@ -375,7 +385,11 @@ class Generator(nn.Module):
                 raise ValueError(f"encoder_states is for encoder-decoder generators; this "
                                  f"one is {self.kind!r}")
             # Left padding: positions count real tokens only, as in generate().
-            position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)  # (B, L)
+            position_ids = _position_ids(attention_mask)                               # (B, L)
+            if prefix_states is not None:
+                logits = self._top_logits(prefix_states, attention_mask, position_ids,
+                                          from_layer, labelled)
+                return labelled_log_likelihood(logits, labels)
             keep = labels.shape[1] + 1  # positions L-T-1 .. L-2 predict the last T tokens
             kwargs = {"logits_to_keep": keep} if self._keeps_logits else {}
             width = keep if self._keeps_logits else input_ids.shape[1]
@@ -418,12 +432,108 @@ class Generator(nn.Module):
         return encoder(input_ids=input_ids, attention_mask=attention_mask,
                        return_dict=True).last_hidden_state
 
+    # ---- the frozen prefix of a decoder-only model (`metarag.rag.model.PrefixCache`)
+
+    def prefix_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                      first_layer: int) -> torch.Tensor:
+        """Decoder-only kinds: (B, L, H) hidden states entering layer ``first_layer``.
+
+        The input embedding (soft prompt included) and layers ``0 .. first_layer-1``
+        of :meth:`forward`; pass the result back as ``prefix_states`` with
+        ``from_layer=first_layer`` to run only the layers above. A left-padded row's
+        real positions do not depend on its padding (causal attention, positions
+        counted from the first real token), so a row's states can be reused in
+        batches padded to another length.
+
+        Raises:
+            ValueError: ``first_layer`` is outside ``0 .. layers``, or the model is not
+                laid out like Gemma 3 (see :meth:`frozen_layers`).
+        """
+        stack = self._layer_stack()
+        if not 0 <= first_layer <= len(stack.layers):
+            raise ValueError(f"first_layer must be in 0..{len(stack.layers)} (the model's "
+                             f"layers), got {first_layer}")
+        hidden = stack.embed_tokens(input_ids)                                        # (B, L, H)
+        return _run_layers(stack, hidden, attention_mask, _position_ids(attention_mask),
+                           0, first_layer)
+
+    def prefix_modules(self, first_layer: int) -> list[nn.Module]:
+        """The modules :meth:`prefix_states` runs: the input embedding, then the layers below."""
+        stack = self._layer_stack()
+        return [stack.embed_tokens, *stack.layers[:first_layer]]
+
+    def frozen_layers(self, adapted: Iterable[str]) -> int:
+        """Bottom layers whose output stays put while the parameters ``adapted`` change.
+
+        Args:
+            adapted: Parameter names as this module's ``named_parameters()`` gives them.
+
+        Returns:
+            The index of the lowest layer an adapted name lies in (the number of
+            layers when none does), provided the rest lie above the layers (the
+            final norm, an untied LM head); 0 when anything below adapts (the
+            embedding, a soft prompt) or the model is not a decoder-only stack laid
+            out like Gemma 3 (``model.model.embed_tokens``, ``.layers``, ``.norm``,
+            ``.rotary_emb``; Llama-style models share that layout).
+        """
+        try:
+            stack = self._layer_stack()
+        except ValueError:
+            return 0
+        base = next(name for name, module in self.named_modules() if module is stack)
+        in_layer = re.compile(rf"{re.escape(base)}\.layers\.(\d+)\.")
+        above = (f"{base}.norm.", "model.lm_head.")
+        first = len(stack.layers)
+        for name in adapted:
+            if match := in_layer.match(name):
+                first = min(first, int(match.group(1)))
+            elif not name.startswith(above):
+                return 0
+        return first
+
+    def _layer_stack(self) -> nn.Module:
+        """The decoder-only model's embedding + layers + norm (Gemma 3: ``model.model``)."""
+        stack = None if self.is_encoder_decoder else getattr(self.model, "model", None)
+        parts = ("embed_tokens", "layers", "norm", "rotary_emb")
+        config = getattr(stack, "config", None)
+        types = set(getattr(config, "layer_types", None) or ["full_attention"])
+        if (stack is None or not all(hasattr(stack, p) for p in parts)
+                or getattr(config, "use_bidirectional_attention", False)
+                or not types <= set(_MASKS)):
+            raise ValueError(f"running layers on their own needs a causal decoder laid out like "
+                             f"Gemma 3 (model.model.embed_tokens, .layers, .norm, .rotary_emb); "
+                             f"this {self.kind!r} generator is {type(self.model).__name__}")
+        return stack
+
+    def _top_logits(self, hidden: torch.Tensor, attention_mask: torch.Tensor,
+                    position_ids: torch.Tensor, from_layer: int, labelled: torch.Tensor
+                    ) -> torch.Tensor:
+        """(N, V) logits at the labelled positions, from layer ``from_layer``'s input states.
+
+        The rest of :meth:`forward` for a left-padded decoder-only batch: layers
+        ``from_layer`` up, the final norm and the LM head (at labelled positions only,
+        as `_labelled_logits` does), then the model's logit soft-capping if it has one.
+        """
+        stack = self._layer_stack()
+        if not 0 <= from_layer <= len(stack.layers):
+            raise ValueError(f"from_layer must be in 0..{len(stack.layers)} (the model's "
+                             f"layers), got {from_layer}")
+        hidden = _run_layers(stack, hidden, attention_mask, position_ids, from_layer,
+                             len(stack.layers))                                       # (B, L, H)
+        t = labelled.shape[1]
+        # Positions L-T-1 .. L-2 predict the T labels at the sequence's right edge.
+        hidden = hidden[:, -t - 1:-1][labelled]                                        # (N, H)
+        logits = self.model.get_output_embeddings()(stack.norm(hidden))                # (N, V)
+        cap = getattr(self.model.config, "final_logit_softcapping", None)
+        return torch.tanh(logits / cap) * cap if cap else logits
+
     def loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Mean negative log-likelihood per target token (scalar), over the whole batch."""
         return token_nll(self(**batch), batch["labels"])
 
     @torch.no_grad()
-    def generate(self, sources: Sequence[str | Source], *, max_new_tokens: int = 32, num_beams: int = 1,
+    def generate(self, sources: Sequence[str | Source], *, max_new_tokens: int = 32,
+                 num_beams: int = 1,
                  batch_size: int = 32, no_repeat_ngram: int = 0) -> list[str]:
         """Greedy (or beam) decoding; answers without special tokens or the prompt.
 
@@ -721,6 +831,47 @@ def _pad(seqs: list[list[int]], value: int, *, left: bool) -> dict[str, torch.Te
         ids[i, span] = torch.tensor(s, dtype=torch.long)
         mask[i, span] = 1
     return {"input_ids": ids, "attention_mask": mask}
+
+
+def _position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
+    """(B, L) positions of a left-padded batch, counted from each row's first real token."""
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+_MASKS = ("full_attention", "sliding_attention")  # the layer types `_run_layers` knows
+
+
+def _run_layers(stack: nn.Module, hidden: torch.Tensor, attention_mask: torch.Tensor,
+                position_ids: torch.Tensor, start: int, stop: int) -> torch.Tensor:
+    """Layers ``start .. stop-1`` of a decoder stack on (B, L, H) ``hidden``, without its norm.
+
+    The one place that mirrors ``transformers`` internals: each layer gets the
+    arguments ``Gemma3TextModel.forward`` (transformers 5.24) gives it, built the
+    same way (the public mask functions of ``transformers.masking_utils`` per layer
+    type, the model's rotary embedding per layer type). The masks and rotary tables
+    depend on positions only, so recomputing them is cheap.
+    tests/unit/meta/test_prefix_cache.py checks the result against the full forward
+    bit for bit, so an upstream change that alters it fails a test.
+    """
+    from transformers.masking_utils import create_causal_mask, create_sliding_window_causal_mask
+
+    if start >= stop:
+        return hidden
+    make_mask = dict(zip(_MASKS, (create_causal_mask, create_sliding_window_causal_mask)))
+    config = stack.config
+    types = getattr(config, "layer_types", None) or ["full_attention"] * len(stack.layers)
+    needed = set(types[start:stop])
+    mask_kwargs = {"config": config, "inputs_embeds": hidden, "attention_mask": attention_mask,
+                   "cache": None, "position_ids": position_ids}
+    masks = {t: make_mask[t](**mask_kwargs) for t in needed}
+    by_type = "layer_type" in inspect.signature(stack.rotary_emb.forward).parameters
+    rope = {t: stack.rotary_emb(hidden, position_ids, t) if by_type
+            else stack.rotary_emb(hidden, position_ids) for t in needed}
+    for i in range(start, stop):
+        out = stack.layers[i](hidden, attention_mask=masks[types[i]],
+                              position_embeddings=rope[types[i]], position_ids=position_ids)
+        hidden = out[0] if isinstance(out, tuple) else out
+    return hidden
 
 
 def _shift_right(labels: torch.Tensor, start_id: int, pad_id: int) -> torch.Tensor:

@@ -24,6 +24,7 @@ from metarag.data.schema import Passage, QAExample
 from metarag.meta.inner import Batch, inner_loop, rag_loss_fn
 from metarag.meta.params import Params, select_params, split_params
 from metarag.rag.build import BuiltModel
+from metarag.rag.model import source_cache
 
 
 @dataclass
@@ -96,7 +97,9 @@ def adapt_params(model: nn.Module, support: Sequence[QAExample],
     current: Params = {k: v.detach() for k, v in meta.items()}
     if config.steps == 0:
         return {k: v.clone() for k, v in current.items()}
-    loss_fn = rag_loss_fn(model, frozen)
+    # One loss for all steps, so the generator's frozen part (BERT2BERT's encoder, or a
+    # decoder-only model's layers below the adapted ones) runs once per support source.
+    loss_fn = rag_loss_fn(model, frozen, encoder_cache=source_cache(model, names))
     was_training = model.training
     model.eval()
     try:

@@ -30,7 +30,7 @@ from torch import Tensor, nn
 from metarag.data.schema import QAExample
 from metarag.errors import MetaRAGError
 from metarag.meta.params import Params, call_with
-from metarag.rag.model import EncoderCache, ForwardCache
+from metarag.rag.model import EncoderCache, ForwardCache, source_cache
 
 LossFn = Callable[[Params, Any], Tensor]
 """``loss_fn(params, batch) -> scalar loss``; ``params`` holds only the adapted weights."""
@@ -82,7 +82,10 @@ class RAGLoss:
         if cache_size < 0:
             raise ValueError(f"cache_size must be >= 0, got {cache_size}")
         self.model, self.frozen, self.cache_size = model, frozen, cache_size
-        self.encoder_cache = encoder_cache if encoder_cache is not None else EncoderCache()
+        if encoder_cache is None:  # the kind the adapted set allows (a prefix cache for Gemma)
+            encoder_cache = source_cache(model, [n for n, _ in model.named_parameters()
+                                                 if n not in frozen])
+        self.encoder_cache = encoder_cache
         # Most recently used last; keyed by the batch's questions and answers.
         self.caches: OrderedDict[tuple[tuple[str, ...], tuple[str, ...]], ForwardCache] = (
             OrderedDict())
@@ -120,7 +123,9 @@ def rag_loss_fn(model: nn.Module, frozen: Mapping[str, Tensor], *,
     inner step after the first, ~80% of a forward of the default model. Across
     batches, and across meta-steps for as long as the loss function lives, a
     `metarag.rag.model.EncoderCache` keeps the encoder's states per source, so a
-    (question, passage) pair seen before is not encoded again.
+    (question, passage) pair seen before is not encoded again. A decoder-only
+    generator whose bottom layers stay frozen (``top_layers:N``) gets the same from
+    a `metarag.rag.model.PrefixCache`: those layers run once per sequence.
 
     Args:
         model: The RAG model (only read; ``functional_call`` swaps weights in).
@@ -133,7 +138,8 @@ def rag_loss_fn(model: nn.Module, frozen: Mapping[str, Tensor], *,
             (its support and query sets) and adaptation cycling through up to four
             support batches.
         encoder_cache: The per-source cache to use, e.g. one shared by several loss
-            functions; a new 512 MB one by default. ``EncoderCache(0)`` turns it off.
+            functions; by default a new 512 MB one of the kind the adapted set allows
+            (`metarag.rag.model.source_cache`). ``EncoderCache(0)`` turns it off.
 
     Returns:
         ``loss_fn(params, data)`` with ``data`` a `Batch` or a list of `QAExample`

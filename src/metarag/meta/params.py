@@ -39,6 +39,19 @@ Presets, with the names they match on a `RAGModel` whose generator is BERT2BERT
                     ``lora_*`` weights); the model needs ``ModelConfig(lora=...)``.
 ``soft_prompt``     the soft prompt, ``*.soft_prompt`` (n, d) on the generator's input
                     embedding; the model needs ``ModelConfig(soft_prompt_tokens=n)``.
+``top_layers:N``    the generator's last N transformer blocks and what sits above them
+                    (LoRA inside them included). Decoder-only Gemma 3 / Llama-style:
+                    ``generator.model.model.layers.{L-N..L-1}.*`` + the final norm
+                    ``generator.model.model.norm.*`` (the LM head is tied to the input
+                    embedding, so it stays); BERT2BERT: the decoder's
+                    ``generator.model.decoder.bert.encoder.layer.{L-N..L-1}.*`` + the
+                    LM-head transform and bias ``generator.model.decoder.cls.predictions
+                    .{transform.*,bias}`` (randomly initialised by the warm start);
+                    ``bert-lm`` likewise without ``decoder.``; GPT-2: ``transformer.h``
+                    + ``transformer.ln_f``. L is read from the model; N outside 1..L,
+                    or a generator without such a stack (T5, BART), is an error. With
+                    Gemma, the frozen layers below are then computed once per source
+                    (`metarag.rag.model.PrefixCache`).
 ==================  ===============================================================
 
 Relations on a BERT2BERT RAGModel (tested): ``query_encoder`` and ``generator`` are
@@ -82,8 +95,46 @@ PRESETS: dict[str, str] = {
 }
 """Named patterns (regular expressions over full parameter names); see the module docstring."""
 
+TOP_LAYERS = "top_layers:"
+# The layer stacks ``top_layers:N`` knows: (the ModuleList of blocks, a regex of what sits
+# above them). The first one the model has is used.
+_LAYER_STACKS = (
+    ("generator.model.model.layers", r"generator\.model\.model\.norm\..*"),  # Gemma 3, Llama
+    ("generator.model.decoder.bert.encoder.layer",                           # BERT2BERT decoder
+     r"generator\.model\.decoder\.cls\.predictions\.(transform\..*|bias)"),
+    ("generator.model.bert.encoder.layer",                                   # bert-lm
+     r"generator\.model\.cls\.predictions\.(transform\..*|bias)"),
+    ("generator.model.transformer.h", r"generator\.model\.transformer\.ln_f\..*"),  # GPT-2
+)
 
-def _matcher(pattern: str) -> re.Pattern[str]:
+
+def _top_layers(model: nn.Module, pattern: str) -> re.Pattern[str]:
+    """The regex of ``top_layers:N`` on this model (its number of layers read from it)."""
+    count = pattern[len(TOP_LAYERS):]
+    if not count.isdigit() or int(count) < 1:
+        raise ValueError(f"parameter preset {pattern!r}: N must be a whole number >= 1, "
+                         f"e.g. 'top_layers:2'")
+    n = int(count)
+    modules = dict(model.named_modules())
+    for path, above in _LAYER_STACKS:
+        layers = modules.get(path)
+        if isinstance(layers, nn.ModuleList):
+            total = len(layers)
+            if n > total:
+                raise ValueError(f"parameter preset {pattern!r}: the generator has {total} "
+                                 f"layers ({path}); pick N in 1..{total}")
+            blocks = "|".join(str(i) for i in range(total - n, total))
+            return re.compile(rf"{re.escape(path)}\.({blocks})\..*|{above}")
+    known = ", ".join(path for path, _ in _LAYER_STACKS)
+    raise ValueError(f"parameter preset {pattern!r}: the model has no layer stack it knows "
+                     f"({known}); it works on a RAGModel whose generator is decoder-only "
+                     "(Gemma 3, GPT-2, bert-lm) or BERT2BERT. Name the layers with a pattern "
+                     "instead, e.g. 're:generator\\.model\\.decoder\\.block\\.5\\..*'")
+
+
+def _matcher(pattern: str, model: nn.Module) -> re.Pattern[str]:
+    if pattern.startswith(TOP_LAYERS):
+        return _top_layers(model, pattern)
     if pattern in PRESETS:
         return re.compile(PRESETS[pattern])
     if pattern.startswith("re:"):
@@ -110,7 +161,8 @@ def _no_match(pattern: str, role: str, names: Sequence[str], frozen: Sequence[st
     step = max(1, len(names) // 6)
     shown = ", ".join(repr(n) for n in names[::step][:6])
     return ValueError(f"{role} pattern {pattern!r} matches no parameter of the model. Presets: "
-                      f"{', '.join(PRESETS)}; 're:<regex>' for a regular expression; otherwise "
+                      f"{', '.join(PRESETS)}, {TOP_LAYERS}N; 're:<regex>' for a regular "
+                      "expression; otherwise "
                       f"an fnmatch pattern over names such as {shown} ({len(names)} in all)")
 
 
@@ -141,7 +193,7 @@ def select_params(model: nn.Module, include: str | Sequence[str] = ("all",),
     frozen = [n for n, p in named if not p.requires_grad]
 
     def matching(pattern: str, role: str) -> set[str]:
-        regex = _matcher(pattern)
+        regex = _matcher(pattern, model)
         hits = {n for n in trainable if regex.fullmatch(n)}
         if not hits:
             raise _no_match(pattern, role, trainable or frozen,

@@ -38,7 +38,7 @@ from metarag.meta.algorithms import maml_step, meta_sgd_lrs, reptile_step, set_g
 from metarag.meta.inner import Batch, LearningRate, NonFiniteLossError, inner_loop, rag_loss_fn
 from metarag.meta.params import Params, split_params
 from metarag.rag.build import AUX_PREFIX, ModelConfig
-from metarag.rag.model import EncoderCache, RAGModel
+from metarag.rag.model import RAGModel, source_cache
 
 __all__ = ["ALGORITHMS", "LEARNED_LR_PREFIX", "DataConfig", "MetaOptimConfig", "MetaTrainConfig",
            "MetaTrainResult", "TrainingError", "learned_inner_lrs", "meta_train", "meta_validate"]
@@ -98,7 +98,8 @@ class MetaTrainConfig:
     tensorboard: bool = True
     cache_dir: str | None = "runs/cache"
     # The frozen generator encoder's outputs per source, reused across meta-steps
-    # (`metarag.rag.model.EncoderCache`); 0 turns it off.
+    # (`metarag.rag.model.EncoderCache`; for a decoder-only generator adapting only
+    # its top layers, the frozen layers' outputs: `PrefixCache`); 0 turns it off.
     encoder_cache_mb: float = 512
 
     def __post_init__(self) -> None:
@@ -147,10 +148,13 @@ class _CorpusSwitch:
 def _loss_fn(model: RAGModel, frozen: Params, corpus: _CorpusSwitch, encoder_cache_mb: float):
     """The RAG loss on the right task's corpus; `rag_loss_fn` caches what inner steps share.
 
-    Built once per run, so its per-source encoder cache lives across meta-steps.
+    Built once per run, so its per-source cache of the generator's frozen part lives
+    across meta-steps: BERT2BERT's encoder outputs, or a decoder-only model's
+    frozen bottom layers when only layers above them adapt (`source_cache`).
     """
-    rag_loss = rag_loss_fn(model, frozen,
-                           encoder_cache=EncoderCache(int(encoder_cache_mb * 2**20)))
+    adapted = [n for n, _ in model.named_parameters() if n not in frozen]
+    rag_loss = rag_loss_fn(model, frozen, encoder_cache=source_cache(
+        model, adapted, int(encoder_cache_mb * 2**20)))
 
     def loss_fn(params: Params, data: _TaskData) -> Tensor:
         corpus.use(data.task)

@@ -158,18 +158,30 @@ class EncoderCache:
             weights: The encoder's weights as this call uses them (identity and
                 version counters are compared with those of the stored entries).
         """
+        return self._lookup(input_ids, attention_mask, weights, generator.encode, left=False)
+
+    def _lookup(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                weights: list[torch.Tensor], compute: Any, *, left: bool) -> torch.Tensor:
+        """(B, S, H) states of a padded batch; ``compute(ids, mask)`` runs for unseen rows only.
+
+        A row's key is its real tokens; ``left`` says on which side the padding is.
+        """
         if not same_tensors(weights, self.weights, self.versions):
             self.clear()
             self.weights, self.versions = weights, [w._version for w in weights]
         b, s = input_ids.shape
         lengths = attention_mask.sum(-1)                                             # (B,)
         positions = torch.arange(s, device=attention_mask.device)
-        if not self.max_bytes or not torch.equal(attention_mask.bool(),
-                                                 positions < lengths[:, None]):
-            return generator.encode(input_ids, attention_mask)  # off, or not right-padded
+        real = positions >= s - lengths[:, None] if left else positions < lengths[:, None]
+        if not self.max_bytes or not torch.equal(attention_mask.bool(), real):
+            return compute(input_ids, attention_mask)  # off, or not padded on one side only
+
+        def span(n: int, width: int) -> slice:  # a row's real tokens in a batch this wide
+            return slice(width - n, width) if left else slice(0, n)
+
         lengths = lengths.tolist()
         ids = input_ids.cpu().numpy()
-        keys = [ids[i, :n].tobytes() for i, n in enumerate(lengths)]
+        keys = [ids[i, span(n, s)].tobytes() for i, n in enumerate(lengths)]
         found = {k: self.entries[k] for k in keys if k in self.entries}
         for k in found:
             self.entries.move_to_end(k)
@@ -179,19 +191,21 @@ class EncoderCache:
         self.misses += len(rows)
         if len(rows) == b:
             # All new: the same call as without a cache, padded positions included.
-            states = generator.encode(input_ids, attention_mask)                     # (B, S, H)
-            self._store({k: states[i, :lengths[i]] for k, i in zip(todo, rows)})
+            states = compute(input_ids, attention_mask)                               # (B, S, H)
+            self._store({k: states[i, span(lengths[i], s)] for k, i in zip(todo, rows)})
             return states
         if rows:
             width = max(lengths[i] for i in rows)
-            fresh = generator.encode(input_ids[rows, :width], attention_mask[rows, :width])
-            new = {k: fresh[j, :lengths[i]] for j, (k, i) in enumerate(zip(todo, rows))}
+            cols = span(width, s)
+            fresh = compute(input_ids[rows, cols], attention_mask[rows, cols])
+            new = {k: fresh[j, span(lengths[i], width)]
+                   for j, (k, i) in enumerate(zip(todo, rows))}
             found.update(new)
             self._store(new)
         first = next(iter(found.values()))
         states = first.new_zeros(b, s, first.shape[-1])                              # (B, S, H)
         for i, k in enumerate(keys):
-            states[i, :lengths[i]] = found[k]
+            states[i, span(lengths[i], s)] = found[k]
         return states
 
     def _store(self, new: dict[bytes, torch.Tensor]) -> None:
@@ -205,6 +219,72 @@ class EncoderCache:
         while self.nbytes > self.max_bytes:
             _, old = self.entries.popitem(last=False)
             self.nbytes -= old.numel() * old.element_size()
+
+
+class PrefixCache(EncoderCache):
+    """A decoder-only generator's frozen bottom layers: their output per sequence, kept.
+
+    When only the top layers adapt (``top_layers:N``, or only weights above some
+    layer), the hidden states entering the first adapted layer do not change from
+    one inner step, meta-step or adaptation step to the next: the embedding and the
+    layers below are a constant function of the tokens. As `EncoderCache` does for
+    BERT2BERT's encoder, this keeps those states per sequence and runs only the
+    layers from ``from_layer`` up (`Generator.forward(prefix_states=...)`).
+
+    A decoder-only sequence is the prompt *and* the answer (the answer's positions
+    pass through the frozen layers too), so the key is the row's real token ids:
+    the question, its passages (demos included) and the answer. Another passage or
+    corpus is another key. Rows are left-padded; a batch is re-assembled with zeros
+    at padded positions, which the top layers' masks never let a real position see.
+    Any change to the frozen weights (other tensors, an in-place update) empties it.
+
+    Args:
+        from_layer: The first layer that runs on every call (1..layers).
+        max_bytes: Bound on the bytes of stored states; 0 keeps only the per-batch
+            reuse across inner steps (`ForwardCache`), nothing per sequence.
+    """
+
+    def __init__(self, from_layer: int, max_bytes: int = DEFAULT_ENCODER_CACHE_BYTES) -> None:
+        if from_layer < 1:
+            raise ValueError(f"from_layer must be >= 1 (0 would cache nothing), got {from_layer}")
+        super().__init__(max_bytes)
+        self.from_layer = from_layer
+
+    def states(self, generator: nn.Module, input_ids: torch.Tensor,
+               attention_mask: torch.Tensor, weights: list[torch.Tensor]) -> torch.Tensor:
+        """(B, L, H) states entering layer ``from_layer``, running the bottom layers on unseen rows.
+
+        Args:
+            generator: A decoder-only `metarag.generation.Generator`.
+            input_ids, attention_mask: (B, L) left-padded sequences.
+            weights: The bottom layers' weights as this call uses them.
+        """
+        def compute(ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+            return generator.prefix_states(ids, mask, self.from_layer)
+
+        return self._lookup(input_ids, attention_mask, weights, compute, left=True)
+
+
+def source_cache(model: nn.Module, adapted: Sequence[str],
+                 max_bytes: int = DEFAULT_ENCODER_CACHE_BYTES) -> EncoderCache:
+    """The per-source cache of a RAG model's frozen generator part, for this adapted set.
+
+    BERT2BERT (and other encoder-decoders): an `EncoderCache` (used while the encoder
+    is frozen). Decoder-only: a `PrefixCache` from the lowest adapted layer, when
+    nothing below it adapts (`Generator.frozen_layers`); otherwise ``EncoderCache(0)``,
+    i.e. no cache (a decoder-only model never reads an `EncoderCache`).
+
+    Args:
+        model: The `RAGModel`.
+        adapted: The names of the parameters that adapt (as ``named_parameters()``).
+        max_bytes: The cache's bound (``encoder_cache_mb`` of a run, in bytes).
+    """
+    generator = getattr(model, "generator", None)
+    if generator is None or generator.is_encoder_decoder:
+        return EncoderCache(max_bytes)
+    mine = [n[len("generator."):] for n in adapted if n.startswith("generator.")]
+    first = generator.frozen_layers(mine)
+    return PrefixCache(first, max_bytes) if first else EncoderCache(0)
 
 
 @dataclass
@@ -221,7 +301,9 @@ class ForwardCache:
     mode) and its weights are the very tensors, unmodified, that produced them.
     With the default BERT2BERT model that encoder is ~80% of a forward pass.
     When it must run, ``sources`` (an `EncoderCache`, shared by many batches and
-    living across meta-steps) supplies the states of sources seen before.
+    living across meta-steps) supplies the states of sources seen before. A
+    decoder-only generator's frozen bottom layers are reused the same way, when
+    ``sources`` is a `PrefixCache` (which says from which layer on the model runs).
 
     The loss, and its gradients of any order, are those of an uncached call:
     everything reused is a constant of the computation. A cache belongs to one
@@ -241,7 +323,9 @@ class ForwardCache:
     generator_batch: dict[str, torch.Tensor] | None = None
     encoder_weights: list[torch.Tensor] = field(default_factory=list)
     encoder_versions: list[int] = field(default_factory=list)
-    encoder_states: torch.Tensor | None = None           # (B*K, S, H), no autograd history
+    # (B*K, S, H) encoder outputs, or a decoder-only model's (B*K, L, H) prefix states
+    # (`PrefixCache`); no autograd history. The weights are those that produced them.
+    encoder_states: torch.Tensor | None = None
     sources: EncoderCache | None = None                  # per-source states across batches
     hits: int = 0
     misses: int = 0
@@ -450,7 +534,7 @@ class RAGModel(nn.Module):
                            for q, row in zip(questions, top.tolist()) for j in row]
                 targets = [a for a in answers for _ in range(k)]
                 batch = self._new_generator_batch(sources, targets, top, cache)
-            seq_loglik = self.generator(**batch, encoder_states=self._encoder_states(batch, cache)
+            seq_loglik = self.generator(**batch, **self._frozen_states(batch, cache)
                                         ).view(b, k)                                   # (B, K)
             nll = rag_sequence_nll(doc_logits, seq_loglik)
             n_tokens = (batch["labels"] != -100).sum(-1).view(b, k)[:, 0]
@@ -459,8 +543,7 @@ class RAGModel(nn.Module):
                 sources = [make_source(q, [self.passages[j] for j in row], self.demos)
                            for q, row in zip(questions, top.tolist())]
                 batch = self._new_generator_batch(sources, list(answers), top, cache)
-            seq_loglik = self.generator(**batch, encoder_states=self._encoder_states(batch, cache)
-                                        ).view(b, 1)
+            seq_loglik = self.generator(**batch, **self._frozen_states(batch, cache)).view(b, 1)
             nll = -seq_loglik[:, 0]
             n_tokens = (batch["labels"] != -100).sum(-1)
         # Per-token loss, so long answers do not drown short ones in a batch.
@@ -475,37 +558,50 @@ class RAGModel(nn.Module):
             cache.top, cache.generator_batch = top.clone(), batch
         return batch
 
-    def _encoder_states(self, batch: dict[str, torch.Tensor], cache: ForwardCache | None
-                        ) -> torch.Tensor | None:
-        """The generator encoder's outputs from the cache, or computed and cached when reusable.
+    def _frozen_states(self, batch: dict[str, torch.Tensor], cache: ForwardCache | None
+                       ) -> dict[str, Any]:
+        """Generator arguments that reuse its frozen part's outputs, from the cache or computed.
 
-        None (the generator runs its encoder itself) without a cache, for
-        decoder-only generators, and when reuse would not be exact: a weight of the
-        encoder requires grad (it adapts, or gradients must reach it) or a module of
-        it is in training mode (dropout draws new masks every call).
+        BERT2BERT: ``encoder_states``. Decoder-only with a `PrefixCache`:
+        ``prefix_states`` and ``from_layer``. Empty (the generator runs everything
+        itself) without a cache, without a `PrefixCache` for a decoder-only model,
+        and when reuse would not be exact: a weight of the frozen part requires grad
+        (it adapts, or gradients must reach it) or a module of it is in training
+        mode (dropout draws new masks every call).
         """
-        if cache is None or not self.generator.is_encoder_decoder:
-            return None
-        encoder = self.generator.model.get_encoder()
+        if cache is None:
+            return {}
+        sources = cache.sources
+        if self.generator.is_encoder_decoder:
+            frozen = [self.generator.model.get_encoder()]
+            name, extra = "encoder_states", {}
+        elif isinstance(sources, PrefixCache):
+            frozen = self.generator.prefix_modules(sources.from_layer)
+            name, extra = "prefix_states", {"from_layer": sources.from_layer}
+        else:
+            return {}
         # Under functional_call these are the tensors swapped in for this call.
-        weights = list(encoder.parameters())
-        if any(w.requires_grad for w in weights) or any(m.training for m in encoder.modules()):
+        weights = [w for module in frozen for w in module.parameters()]
+        if (any(w.requires_grad for w in weights)
+                or any(m.training for module in frozen for m in module.modules())):
             cache.misses += 1
-            return None
+            return {}
         if cache.encoder_states is not None and same_tensors(weights, cache.encoder_weights,
                                                              cache.encoder_versions):
             cache.hits += 1
-            return cache.encoder_states
+            return {name: cache.encoder_states, **extra}
         cache.misses += 1
+        ids, mask = batch["input_ids"], batch["attention_mask"]
         with torch.no_grad():
-            if cache.sources is not None:
-                states = cache.sources.encode(self.generator, batch["input_ids"],
-                                              batch["attention_mask"], weights)
+            if name == "prefix_states":
+                states = sources.states(self.generator, ids, mask, weights)
+            elif sources is not None:
+                states = sources.encode(self.generator, ids, mask, weights)
             else:
-                states = self.generator.encode(batch["input_ids"], batch["attention_mask"])
+                states = self.generator.encode(ids, mask)
         cache.encoder_weights, cache.encoder_versions = weights, [w._version for w in weights]
         cache.encoder_states = states
-        return states
+        return {name: states, **extra}
 
     # ---- answering -------------------------------------------------------------------
 
