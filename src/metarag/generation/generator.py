@@ -10,13 +10,15 @@
 
 Kinds:
 
-- ``"bert2bert"`` (default): ``EncoderDecoderModel`` warm-started from two copies of
-  a BERT checkpoint (Rothe et al. 2020), MiniLM by default. The decoder's
-  cross-attention starts as a copy of its self-attention; the LM-head transform
-  starts random.
+- ``"causal"`` (default): a decoder-only LM, ``AutoModelForCausalLM``: Gemma 3 270M
+  unless another folder or ``.gguf`` file is named (`metarag.generation.base`).
+  A `Source` becomes a base-LM prompt (demos, ``Context:`` passages trimmed passage
+  by passage, ``Question: ...``, ``Answer:``) followed by the answer and EOS.
 - ``"seq2seq"``: T5/BART, ``AutoModelForSeq2SeqLM``.
-- ``"causal"``: GPT-2 family, ``AutoModelForCausalLM``; source and answer form one
-  sequence ``source answer: target <eos>``.
+- ``"bert2bert"``: ``EncoderDecoderModel`` warm-started from two copies of a BERT
+  checkpoint (Rothe et al. 2020), MiniLM by default: small and fast to train, but
+  it does not write well. The decoder's cross-attention starts as a copy of its
+  self-attention; the LM-head transform starts random.
 - ``"bert-lm"``: ``BertLMHeadModel`` (``is_decoder=True``) from a BERT checkpoint; the
   cheap decoder-only option, laid out like ``"causal"``.
 
