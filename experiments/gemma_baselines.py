@@ -55,6 +55,8 @@ def main() -> None:
     started = time.perf_counter()
     if args.checkpoint:
         built, _ = load_trained(args.checkpoint)
+        # The same prompt budget as the untrained rows, whatever the training used.
+        built.model.generator.max_source_length = args.max_source_length
     else:
         config = ModelConfig(max_source_length=args.max_source_length,
                              rag=RAGConfig(k=1, decoding="fast", max_new_tokens=32))
