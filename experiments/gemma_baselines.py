@@ -36,8 +36,10 @@ def main() -> None:
     parser.add_argument("--max-source-length", type=int, default=1024)
     parser.add_argument("--cache-dir", default="runs/cache")
     parser.add_argument("--checkpoint", default=None,
-                        help="A trained checkpoint to score instead of the untrained model "
-                        "(its cells are named '<method>@<checkpoint>')")
+                        help="A trained checkpoint to score instead of the untrained model")
+    parser.add_argument("--name", default=None,
+                        help="With --checkpoint: its cells are named '<method>@NAME' "
+                        "(default: the checkpoint folder's name)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
 
@@ -64,7 +66,7 @@ def main() -> None:
         built.model.eval()
     built.cache_dir = args.cache_dir
     load_seconds = time.perf_counter() - started
-    suffix = f"@{args.checkpoint}" if args.checkpoint else ""
+    suffix = f"@{args.name or Path(args.checkpoint).name}" if args.checkpoint else ""
     for name in args.datasets:
         methods = {f"zero_shot{suffix}": 0,
                    f"in_context_{args.in_context}{suffix}": args.in_context}

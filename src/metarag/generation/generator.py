@@ -40,7 +40,6 @@ import inspect
 import json
 import logging
 import os
-import re
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -48,6 +47,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from metarag.generation import layers
 from metarag.generation.decoding import NoRepeatInAnswer
 from metarag.generation.hf import (
     ENCODER_DECODER_KINDS,
@@ -59,15 +59,17 @@ from metarag.generation.hf import (
     special_ids,
     sync_special_ids,
 )
-from metarag.generation.prompt import CAUSAL_ANSWER_CUE, Source
+from metarag.generation.likelihood import (  # noqa: F401 (re-exported)
+    IGNORE_INDEX,
+    labelled_log_likelihood,
+    sequence_log_likelihood,
+    token_nll,
+)
+from metarag.generation.prompt import CAUSAL_ANSWER_CUE, Source, causal_prompt
 
 logger = logging.getLogger(__name__)
 
 KINDS = ("bert2bert", "seq2seq", "causal", "bert-lm")
-# A decoder-only prompt (`Generator._encode_prompt`): "Context: ...\nQuestion: ...\nAnswer:".
-PROMPT_CONTEXT, PROMPT_QUESTION, PROMPT_ANSWER = "Context: ", "Question: ", "Answer:"
-_MIN_CONTEXT_TOKENS = 8  # a passage cut shorter than this is dropped instead
-IGNORE_INDEX = -100  # label value that contributes nothing (padding, source tokens)
 SAVE_FILE = "metarag_generator.json"
 _FORMAT = "metarag-generator"
 _VERSION = 1
@@ -387,10 +389,10 @@ class Generator(nn.Module):
                 raise ValueError(f"encoder_states is for encoder-decoder generators; this "
                                  f"one is {self.kind!r}")
             # Left padding: positions count real tokens only, as in generate().
-            position_ids = _position_ids(attention_mask)                               # (B, L)
+            position_ids = layers.position_ids(attention_mask)                        # (B, L)
             if prefix_states is not None:
-                logits = self._top_logits(prefix_states, attention_mask, position_ids,
-                                          from_layer, labelled)
+                logits = layers.top_logits(self.model, prefix_states, attention_mask,
+                                           from_layer, labelled)
                 return labelled_log_likelihood(logits, labels)
             keep = labels.shape[1] + 1  # positions L-T-1 .. L-2 predict the last T tokens
             kwargs = {"logits_to_keep": keep} if self._keeps_logits else {}
@@ -434,7 +436,7 @@ class Generator(nn.Module):
         return encoder(input_ids=input_ids, attention_mask=attention_mask,
                        return_dict=True).last_hidden_state
 
-    # ---- the frozen prefix of a decoder-only model (`metarag.rag.model.PrefixCache`)
+    # ---- the frozen prefix of a decoder-only model (`metarag.generation.layers`)
 
     def prefix_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                       first_layer: int) -> torch.Tensor:
@@ -452,12 +454,10 @@ class Generator(nn.Module):
                 laid out like Gemma 3 (see :meth:`frozen_layers`).
         """
         stack = self._layer_stack()
-        if not 0 <= first_layer <= len(stack.layers):
-            raise ValueError(f"first_layer must be in 0..{len(stack.layers)} (the model's "
-                             f"layers), got {first_layer}")
+        layers.check_layer(stack, first_layer, "first_layer")
         hidden = stack.embed_tokens(input_ids)                                        # (B, L, H)
-        return _run_layers(stack, hidden, attention_mask, _position_ids(attention_mask),
-                           0, first_layer)
+        return layers.run_layers(stack, hidden, attention_mask,
+                                 layers.position_ids(attention_mask), 0, first_layer)
 
     def prefix_modules(self, first_layer: int) -> list[nn.Module]:
         """The modules :meth:`prefix_states` runs: the input embedding, then the layers below."""
@@ -482,52 +482,13 @@ class Generator(nn.Module):
             stack = self._layer_stack()
         except ValueError:
             return 0
-        base = next(name for name, module in self.named_modules() if module is stack)
-        in_layer = re.compile(rf"{re.escape(base)}\.layers\.(\d+)\.")
-        above = (f"{base}.norm.", "model.lm_head.")
-        first = len(stack.layers)
-        for name in adapted:
-            if match := in_layer.match(name):
-                first = min(first, int(match.group(1)))
-            elif not name.startswith(above):
-                return 0
-        return first
+        return layers.first_adapted_layer(self, stack, adapted)
 
     def _layer_stack(self) -> nn.Module:
-        """The decoder-only model's embedding + layers + norm (Gemma 3: ``model.model``)."""
-        stack = None if self.is_encoder_decoder else getattr(self.model, "model", None)
-        parts = ("embed_tokens", "layers", "norm", "rotary_emb")
-        config = getattr(stack, "config", None)
-        types = set(getattr(config, "layer_types", None) or ["full_attention"])
-        if (stack is None or not all(hasattr(stack, p) for p in parts)
-                or getattr(config, "use_bidirectional_attention", False)
-                or not types <= set(_MASKS)):
-            raise ValueError(f"running layers on their own needs a causal decoder laid out like "
-                             f"Gemma 3 (model.model.embed_tokens, .layers, .norm, .rotary_emb); "
-                             f"this {self.kind!r} generator is {type(self.model).__name__}")
-        return stack
-
-    def _top_logits(self, hidden: torch.Tensor, attention_mask: torch.Tensor,
-                    position_ids: torch.Tensor, from_layer: int, labelled: torch.Tensor
-                    ) -> torch.Tensor:
-        """(N, V) logits at the labelled positions, from layer ``from_layer``'s input states.
-
-        The rest of :meth:`forward` for a left-padded decoder-only batch: layers
-        ``from_layer`` up, the final norm and the LM head (at labelled positions only,
-        as `_labelled_logits` does), then the model's logit soft-capping if it has one.
-        """
-        stack = self._layer_stack()
-        if not 0 <= from_layer <= len(stack.layers):
-            raise ValueError(f"from_layer must be in 0..{len(stack.layers)} (the model's "
-                             f"layers), got {from_layer}")
-        hidden = _run_layers(stack, hidden, attention_mask, position_ids, from_layer,
-                             len(stack.layers))                                       # (B, L, H)
-        t = labelled.shape[1]
-        # Positions L-T-1 .. L-2 predict the T labels at the sequence's right edge.
-        hidden = hidden[:, -t - 1:-1][labelled]                                        # (N, H)
-        logits = self.model.get_output_embeddings()(stack.norm(hidden))                # (N, V)
-        cap = getattr(self.model.config, "final_logit_softcapping", None)
-        return torch.tanh(logits / cap) * cap if cap else logits
+        if self.is_encoder_decoder:
+            raise ValueError("running layers on their own needs a causal decoder laid out like "
+                             f"Gemma 3; this {self.kind!r} generator is an encoder-decoder")
+        return layers.layer_stack(self.model)
 
     def loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Mean negative log-likelihood per target token (scalar), over the whole batch."""
@@ -630,57 +591,13 @@ class Generator(nn.Module):
         return self._encode_strings(sources)
 
     def _encode_prompt(self, source: Source) -> list[int]:
-        """A decoder-only prompt for a base LM, within ``max_source_length`` tokens.
-
-        Layout (`metarag.generation.prompt`): BOS, soft-prompt placeholders, demos,
-        ``Context:`` lines, ``Question: ...``, ``Answer:``. The question and cue are
-        kept whole; the passages take the room left, in order, the one that does not
-        fit cut at its end and those after it dropped; demos fill what remains, each
-        whole (its passage cut to ``demo_context_tokens``) or not at all.
-        """
-        def ids(text: str) -> list[int]:
-            return self.tokenizer(text, add_special_tokens=False)["input_ids"]
-
+        """A decoder-only prompt for a base LM within ``max_source_length`` (`causal_prompt`)."""
         head = [i for i in (first_not_none(self.tokenizer.bos_token_id,
                                            self.tokenizer.cls_token_id),) if i is not None]
-        head += self._prompt_ids
-        question, cue = ids(f"{PROMPT_QUESTION}{source.question}\n"), ids(PROMPT_ANSWER)
-        room = self.max_source_length - len(head) - len(cue)
-        if len(question) > room:
-            self._warn_once("question", f"a question of {len(question)} tokens exceeds "
-                            f"max_source_length={self.max_source_length}; its end was cut. "
-                            "Raise max_source_length.")
-            question = question[:max(room, 0)]
-        room -= len(question)
-        newline = ids("\n")
-        contexts: list[int] = []
-        for context in source.contexts:
-            line = ids(f"{PROMPT_CONTEXT}{context}\n")
-            if len(line) > room:
-                if room > len(newline) + _MIN_CONTEXT_TOKENS:
-                    contexts += line[:room - len(newline)] + newline
-                self._warn_once("context", "passages exceed the prompt's budget of "
-                                f"max_source_length={self.max_source_length} tokens; they were "
-                                "cut passage by passage (the question is kept). Raise "
-                                "max_source_length or retrieve fewer passages.")
-                room = 0
-                break
-            contexts += line
-            room -= len(line)
-        demos: list[int] = []
-        for n, demo in enumerate(source.demos):
-            context = ids(f"{PROMPT_CONTEXT}{demo.context}")[:self.demo_context_tokens]
-            shot = ((context + newline if demo.context else [])
-                    + ids(f"{PROMPT_QUESTION}{demo.question}\n{PROMPT_ANSWER} "
-                          f"{' '.join(demo.answer.split())}\n\n"))
-            if len(shot) > room:
-                self._warn_once("demos", f"only {n} of {len(source.demos)} in-context examples "
-                                f"fit max_source_length={self.max_source_length} tokens; the "
-                                "rest were left out. Raise max_source_length for more.")
-                break
-            demos += shot
-            room -= len(shot)
-        return head + demos + contexts + question + cue
+        return causal_prompt(
+            source, lambda text: self.tokenizer(text, add_special_tokens=False)["input_ids"],
+            head=head + self._prompt_ids, budget=self.max_source_length,
+            demo_context_tokens=self.demo_context_tokens, warn=self._warn_once)
 
     def _encode_strings(self, sources: list[str]) -> list[list[int]]:
         """Token ids with the tokenizer's special tokens (and, decoder-only, the cue).
@@ -746,57 +663,6 @@ class Generator(nn.Module):
         return source, target
 
 
-# ---------------------------------------------------------------------- losses
-
-
-def sequence_log_likelihood(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Sum of target-token log-probabilities per sequence.
-
-    Args:
-        logits: (B, T, V); position t scores ``labels[:, t]``.
-        labels: (B, T) ids, -100 where nothing is predicted.
-
-    Returns:
-        (B,) float32; 0 for a row with no labelled token.
-    """
-    b, t, v = logits.shape
-    # float32 softmax even for half-precision models; cross_entropy gives 0 at -100.
-    nll = nn.functional.cross_entropy(logits.float().reshape(b * t, v), labels.reshape(b * t),
-                                      ignore_index=IGNORE_INDEX, reduction="none")
-    return -nll.view(b, t).sum(-1)
-
-
-def labelled_log_likelihood(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """`sequence_log_likelihood` from logits at the labelled positions only.
-
-    Args:
-        logits: (N, V), one row per labelled token of ``labels`` in row-major order.
-        labels: (B, T) ids, -100 where nothing is predicted (N entries are not).
-
-    Returns:
-        (B,) float32; 0 for a row with no labelled token.
-    """
-    labelled = labels != IGNORE_INDEX
-    nll = nn.functional.cross_entropy(logits.float(), labels[labelled], reduction="none")
-    rows = labelled.nonzero()[:, 0]                                                    # (N,)
-    return torch.zeros(labels.shape[0], device=nll.device).index_add(0, rows, -nll)
-
-
-def token_nll(log_likelihood: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Mean negative log-likelihood per labelled token: the usual LM training loss.
-
-    A pure function of ``Generator.forward``'s output, so it composes with
-    ``torch.func.functional_call``: ``token_nll(functional_call(gen, params,
-    kwargs=batch), batch["labels"])``.
-
-    Args:
-        log_likelihood: (B,) per-sequence sums from ``Generator.forward``.
-        labels: (B, T) the batch's labels (to count tokens).
-    """
-    n_tokens = (labels != IGNORE_INDEX).sum().clamp(min=1)
-    return -log_likelihood.sum() / n_tokens
-
-
 # ---------------------------------------------------------------------- helpers
 
 
@@ -833,47 +699,6 @@ def _pad(seqs: list[list[int]], value: int, *, left: bool) -> dict[str, torch.Te
         ids[i, span] = torch.tensor(s, dtype=torch.long)
         mask[i, span] = 1
     return {"input_ids": ids, "attention_mask": mask}
-
-
-def _position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
-    """(B, L) positions of a left-padded batch, counted from each row's first real token."""
-    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
-
-
-_MASKS = ("full_attention", "sliding_attention")  # the layer types `_run_layers` knows
-
-
-def _run_layers(stack: nn.Module, hidden: torch.Tensor, attention_mask: torch.Tensor,
-                position_ids: torch.Tensor, start: int, stop: int) -> torch.Tensor:
-    """Layers ``start .. stop-1`` of a decoder stack on (B, L, H) ``hidden``, without its norm.
-
-    The one place that mirrors ``transformers`` internals: each layer gets the
-    arguments ``Gemma3TextModel.forward`` (transformers 5.24) gives it, built the
-    same way (the public mask functions of ``transformers.masking_utils`` per layer
-    type, the model's rotary embedding per layer type). The masks and rotary tables
-    depend on positions only, so recomputing them is cheap.
-    tests/unit/meta/test_prefix_cache.py checks the result against the full forward
-    bit for bit, so an upstream change that alters it fails a test.
-    """
-    from transformers.masking_utils import create_causal_mask, create_sliding_window_causal_mask
-
-    if start >= stop:
-        return hidden
-    make_mask = dict(zip(_MASKS, (create_causal_mask, create_sliding_window_causal_mask)))
-    config = stack.config
-    types = getattr(config, "layer_types", None) or ["full_attention"] * len(stack.layers)
-    needed = set(types[start:stop])
-    mask_kwargs = {"config": config, "inputs_embeds": hidden, "attention_mask": attention_mask,
-                   "cache": None, "position_ids": position_ids}
-    masks = {t: make_mask[t](**mask_kwargs) for t in needed}
-    by_type = "layer_type" in inspect.signature(stack.rotary_emb.forward).parameters
-    rope = {t: stack.rotary_emb(hidden, position_ids, t) if by_type
-            else stack.rotary_emb(hidden, position_ids) for t in needed}
-    for i in range(start, stop):
-        out = stack.layers[i](hidden, attention_mask=masks[types[i]],
-                              position_embeddings=rope[types[i]], position_ids=position_ids)
-        hidden = out[0] if isinstance(out, tuple) else out
-    return hidden
 
 
 def _shift_right(labels: torch.Tensor, start_id: int, pad_id: int) -> torch.Tensor:

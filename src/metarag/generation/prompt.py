@@ -36,7 +36,7 @@ Two uses:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from metarag.data.schema import Passage
@@ -44,6 +44,9 @@ from metarag.data.schema import Passage
 # What a decoder-only generator reads between the source and the answer it
 # writes; seq2seq generators do not need it (the answer goes to the decoder).
 CAUSAL_ANSWER_CUE = "answer:"
+# A decoder-only prompt (`causal_prompt`): "Context: ...\nQuestion: ...\nAnswer:".
+PROMPT_CONTEXT, PROMPT_QUESTION, PROMPT_ANSWER = "Context: ", "Question: ", "Answer:"
+_MIN_CONTEXT_TOKENS = 8  # a passage cut shorter than this is dropped instead
 
 
 @dataclass(frozen=True)
@@ -144,3 +147,59 @@ def format_sources_per_passage(question: str, passages: Sequence[Passage | str])
         raise TypeError("passages must be a sequence of passages, got a single str; "
                         "wrap it in a list: [passage]")
     return [format_source(question, [p]) for p in passages]
+
+
+def causal_prompt(source: Source, ids: Callable[[str], list[int]], *, head: list[int],
+                  budget: int, demo_context_tokens: int,
+                  warn: Callable[[str, str], None]) -> list[int]:
+    """A decoder-only prompt for a base LM as token ids, within ``budget`` tokens.
+
+    Layout (module docstring): ``head`` (BOS, soft-prompt placeholders), demos,
+    ``Context:`` lines, ``Question: ...``, ``Answer:``. The question and cue are kept
+    whole; the passages take the room left, in order, the one that does not fit cut
+    at its end and those after it dropped; demos fill what remains, each whole (its
+    passage cut to ``demo_context_tokens``) or not at all.
+
+    Args:
+        source: The question, passages and demos.
+        ids: Text -> token ids, without special tokens.
+        head: Ids that open the prompt.
+        budget: Most tokens in all (the generator's ``max_source_length``).
+        demo_context_tokens: Most tokens of a demo's passage.
+        warn: ``warn(key, message)``, called when something had to be cut.
+    """
+    question, cue = ids(f"{PROMPT_QUESTION}{source.question}\n"), ids(PROMPT_ANSWER)
+    room = budget - len(head) - len(cue)
+    if len(question) > room:
+        warn("question", f"a question of {len(question)} tokens exceeds "
+             f"max_source_length={budget}; its end was cut. Raise max_source_length.")
+        question = question[:max(room, 0)]
+    room -= len(question)
+    newline = ids("\n")
+    contexts: list[int] = []
+    for context in source.contexts:
+        line = ids(f"{PROMPT_CONTEXT}{context}\n")
+        if len(line) > room:
+            if room > len(newline) + _MIN_CONTEXT_TOKENS:
+                contexts += line[:room - len(newline)] + newline
+            warn("context", f"passages exceed the prompt's budget of max_source_length={budget} "
+                 "tokens; they were cut passage by passage (the question is kept). Raise "
+                 "max_source_length or retrieve fewer passages.")
+            room = 0
+            break
+        contexts += line
+        room -= len(line)
+    demos: list[int] = []
+    for n, demo in enumerate(source.demos):
+        context = ids(f"{PROMPT_CONTEXT}{demo.context}")[:demo_context_tokens]
+        shot = ((context + newline if demo.context else [])
+                + ids(f"{PROMPT_QUESTION}{demo.question}\n{PROMPT_ANSWER} "
+                      f"{' '.join(demo.answer.split())}\n\n"))
+        if len(shot) > room:
+            warn("demos", f"only {n} of {len(source.demos)} in-context examples fit "
+                 f"max_source_length={budget} tokens; the rest were left out. Raise "
+                 "max_source_length for more.")
+            break
+        demos += shot
+        room -= len(shot)
+    return head + demos + contexts + question + cue
