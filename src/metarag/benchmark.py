@@ -15,24 +15,37 @@ For each held-out domain:
 Methods: ``meta`` (the meta-learned init + adaptation), ``multitask_finetune``,
 ``finetune`` (base + adaptation), ``in_context`` (base, no weight changes, the
 k support examples in every prompt, as many as fit the token budget: what a user
-of a pretrained LM tries first) and ``zero_shot`` (base, no adaptation). At 0
-shots a method is its starting point, unadapted: deterministic, so it is scored
-once (one record, no interval), not once per seed. A steps curve (score against
-adaptation steps at ``curve_shots``) comes from snapshots of the same runs.
+of a pretrained LM tries first), ``metaicl`` (MetaICL: multi-task training with
+``metaicl_demos`` examples of the same task in every prompt, then the k support
+examples in the prompt at test time, no weight changes) and ``zero_shot`` (base,
+no adaptation). ``X+in_context`` for an adapted method X is X adapted on the
+support set that also sees it in its prompts (the same adapted weights as X's
+cell): what a user of a meta-learned model runs. At 0 shots a method is its
+starting point, unadapted: deterministic, so it is scored once (one record, no
+interval), not once per seed. A steps curve (score against adaptation steps at
+``curve_shots``) comes from snapshots of the same runs.
 
-Everything lands in ``out/results.json``; `metarag.evaluation.report` turns it
-into report.md and PNG plots. Trained starting points are kept under
-``out/<domain>/`` and reused (or resumed) when the benchmark is run again with
-the same training settings; other settings are refused, naming what differs.
+Each (held-out domain, method, shots, seed) cell is appended to ``out/cells.jsonl``
+as soon as it is scored, tagged with a fingerprint of the settings that decide
+its value; a re-run skips the cells it finds with the same fingerprint, so a
+killed run resumes cell by cell and a larger grid (more seeds, shots, methods or
+domains) computes only what is new. ``out/results.json`` holds this grid's cells
+and the wall time of every stage; `metarag.evaluation.report` turns it into
+report.md and PNG plots. Trained starting points are kept under ``out/<domain>/``
+and reused (or resumed) when the benchmark is run again with the same training
+settings; other settings are refused, naming what differs.
 """
 
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import logging
+import os
 import random
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -52,8 +65,11 @@ from metarag.train import OptimConfig, TrainConfig, train
 
 logger = logging.getLogger(__name__)
 
-METHODS = ("meta", "multitask_finetune", "finetune", "in_context", "zero_shot")
-_UNTRAINED = ("in_context", "zero_shot")  # scored from the base model, no adaptation
+_ADAPTED = ("meta", "multitask_finetune", "finetune")  # a starting point + adaptation
+DEMOS = "+in_context"  # X+in_context: X's adapted weights, the support set in the prompt
+METHODS = ("meta", "meta+in_context", "metaicl", "multitask_finetune",
+           "multitask_finetune+in_context", "finetune", "finetune+in_context", "in_context",
+           "zero_shot")
 METRICS = ["rougeL", "f1", "exact_match", "bleu", "meteor", "rouge1", "rouge2", "recall@5"]
 
 
@@ -75,7 +91,10 @@ class BenchmarkConfig:
         multitask: The multi-task baseline's optimiser.
         match_budget: Replace ``multitask.steps`` so that the baseline back-propagates
             through as many examples as meta-training does (`meta_examples`: support
-            sets once per inner step, plus query sets) at its own batch size.
+            sets once per inner step, plus query sets) at its own batch size; MetaICL
+            training gets the same steps.
+        metaicl_demos: Examples of the same task in every MetaICL training prompt.
+        methods: The methods compared (see the module docstring).
     """
 
     out: str = "runs/benchmark"
@@ -91,6 +110,7 @@ class BenchmarkConfig:
     meta: MetaTrainConfig = field(default_factory=MetaTrainConfig)
     multitask: OptimConfig = field(default_factory=OptimConfig)
     match_budget: bool = True
+    metaicl_demos: int = 4
     methods: list[str] = field(default_factory=lambda: list(METHODS))
 
     def __post_init__(self) -> None:
@@ -113,7 +133,6 @@ def run_benchmark(config: BenchmarkConfig, *, tasks: list[Task] | None = None,
     from metarag.data.loaders import load_tasks
     from metarag.evaluation.report import write_report
 
-    started = time.perf_counter()
     data = config.meta.data
     if tasks is None:
         tasks = load_tasks(data.data, data.tasks or None, seed=data.seed,
@@ -126,26 +145,142 @@ def run_benchmark(config: BenchmarkConfig, *, tasks: list[Task] | None = None,
                              f"({', '.join(by_name)})")
     if len(tasks) < 2:
         raise BenchmarkError("leave-one-domain-out needs at least two tasks")
-    out = Path(config.out)
-    out.mkdir(parents=True, exist_ok=True)
-    records: list[dict[str, Any]] = []
+    cells = CellStore(Path(config.out), config)
     for name in held_out:
         target = by_name[name]
         _check_sizes(target, config)
+        if cells.done_for(name):
+            continue
         others = [t for t in tasks if t.name != name]
-        starts = _starting_points(config, name, others, show_progress)
-        for method in [m for m in config.methods if m not in _UNTRAINED]:
-            records += _evaluate_method(config, method, starts[method], target, show_progress)
-        if "in_context" in config.methods:
-            records += _evaluate_in_context(config, starts["finetune"], target)
-        if "zero_shot" in config.methods:
+        starts = _starting_points(config, name, others, cells, show_progress)
+        for method in _ADAPTED:
+            wanted = [m for m in (method, method + DEMOS) if m in config.methods]
+            if wanted:
+                _evaluate_adapted(config, method, wanted, starts[method], target, cells,
+                                  show_progress)
+        for method in ("in_context", "metaicl"):
+            if method in config.methods:
+                start = starts["metaicl" if method == "metaicl" else "finetune"]
+                _evaluate_in_context(config, method, start, target, cells)
+        if "zero_shot" in config.methods and not cells.has(name, "zero_shot", 0, config.seeds[0]):
             starts["finetune"].use_corpus(target.corpus, language=target.language)
-            records.append(_record(target, "zero_shot", 0, 0, config.seeds[0], None,
-                                   _score(starts["finetune"], target, config)))
-        _save(out, config, records, time.perf_counter() - started)
-    results = _save(out, config, records, time.perf_counter() - started)
-    write_report(results, out)
+            with cells.cell(name, "zero_shot", 0, config.seeds[0]) as add:
+                add(_record(target, "zero_shot", 0, 0, config.seeds[0], None,
+                            _score(starts["finetune"], target, config)))
+    results = cells.save()
+    write_report(results, config.out)
     return results
+
+
+class CellStore:
+    """The benchmark's cells on disk: appended one by one, found again on a re-run.
+
+    ``cells.jsonl`` holds one line per finished (held_out, method, shots, seed) cell:
+    its records (the main one and its steps-curve points), its wall time, and the
+    fingerprint of the settings that decide its value (everything but which cells
+    the grid asks for and where files go). ``results.json`` is this grid's view.
+    """
+
+    # Settings that choose cells or files, not a cell's value.
+    _SELECTION = {"out", "held_out", "shots", "seeds", "methods"}
+
+    def __init__(self, out: Path, config: BenchmarkConfig) -> None:
+        out.mkdir(parents=True, exist_ok=True)
+        self.out, self.config, self.path = out, config, out / "cells.jsonl"
+        settings = {k: v for k, v in _flat(to_dict(config)).items()
+                    if k.split(".")[0] not in self._SELECTION
+                    and k.split(".")[-1] not in _BOOKKEEPING}
+        self.fingerprint = hashlib.sha256(
+            json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
+        self.cells: dict[tuple, dict[str, Any]] = {}
+        self.stages: dict[str, float] = {}
+        self._load()
+
+    def _load(self) -> None:
+        if not self.path.is_file():
+            return
+        kept, other = [], 0
+        text = self.path.read_text(encoding="utf-8")
+        for number, line in enumerate(text.splitlines(), 1):
+            try:
+                cell = json.loads(line)
+            except json.JSONDecodeError:  # a line cut short by a killed run
+                logger.warning("%s:%d is not JSON (a killed run?); that cell is redone",
+                               self.path, number)
+                continue
+            kept.append(line)
+            if cell.get("fingerprint") != self.fingerprint:
+                other += 1
+                continue
+            self.cells[tuple(cell["key"])] = cell
+            self.stages.update(cell.get("stages", {}))
+        if len(kept) != len(text.splitlines()) or (text and not text.endswith("\n")):
+            # Drop the cut line, so that the next cell starts a line of its own.
+            tmp = self.path.with_suffix(".jsonl.tmp")
+            tmp.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+            tmp.replace(self.path)
+        if other:
+            logger.info("%s: %d cells were computed with other settings; not reused",
+                        self.path, other)
+        if self.cells:
+            logger.info("%s: resuming with %d finished cells", self.path, len(self.cells))
+
+    def has(self, held_out: str, method: str, shots: int, seed: int) -> bool:
+        return (held_out, method, shots, seed) in self.cells
+
+    def todo(self, held_out: str, method: str) -> list[tuple[int, int]]:
+        """The (shots, seed) cells of one method still to score (0 shots: one seed)."""
+        config = self.config
+        # In-context at 0 shots is zero-shot; X+in_context at 0 shots is X.
+        unadapted = 0 in config.shots and method != "in_context" and DEMOS not in method
+        cells = [(0, config.seeds[0])] if unadapted else []
+        cells += [(shots, seed) for shots in config.shots if shots > 0 for seed in config.seeds]
+        return [c for c in cells if not self.has(held_out, method, *c)]
+
+    def done_for(self, held_out: str) -> bool:
+        methods = [m for m in self.config.methods if m != "zero_shot"]
+        return (all(not self.todo(held_out, m) for m in methods)
+                and ("zero_shot" not in self.config.methods
+                     or self.has(held_out, "zero_shot", 0, self.config.seeds[0])))
+
+    def stage(self, name: str, seconds: float) -> None:
+        """The wall time of a stage (training a starting point), kept with the next cell."""
+        self.stages[name] = round(seconds, 1)
+
+    @contextmanager
+    def cell(self, held_out: str, method: str, shots: int, seed: int):
+        """Collect one cell's records (``add(record)``); appended when the block ends."""
+        records: list[dict[str, Any]] = []
+        started = time.perf_counter()
+        yield records.append
+        line = {"key": [held_out, method, shots, seed], "fingerprint": self.fingerprint,
+                "records": records, "seconds": round(time.perf_counter() - started, 1),
+                "stages": dict(self.stages)}
+        with self.path.open("a", encoding="utf-8") as f:
+            f.write(json.dumps(line) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        self.cells[tuple(line["key"])] = line
+        self.save()
+
+    def save(self) -> dict[str, Any]:
+        """results.json: the records of the cells this grid asks for, written atomically."""
+        config = self.config
+        held = set(config.held_out) if config.held_out else None
+        wanted = [c for key, c in self.cells.items()
+                  if (held is None or key[0] in held) and key[1] in config.methods
+                  and key[2] in config.shots
+                  and (key[3] in config.seeds or key[2] == 0)]
+        records = [r for c in wanted for r in c["records"]]
+        results = {"config": asdict(config), "metrics": METRICS, "primary_metric": "f1",
+                   "methods": [m for m in METHODS if m in config.methods], "records": records,
+                   "stages": self.stages,
+                   "wall_seconds": round(sum(c["seconds"] for c in wanted)
+                                         + sum(self.stages.values()), 1)}
+        tmp = self.out / "results.json.tmp"
+        tmp.write_text(json.dumps(results, indent=1))
+        tmp.replace(self.out / "results.json")
+        return results
 
 
 def _check_sizes(task: Task, config: BenchmarkConfig) -> None:
@@ -162,26 +297,35 @@ def _slug(name: str) -> str:
 
 
 def _starting_points(config: BenchmarkConfig, held_out: str, others: list[Task],
-                     show_progress: bool) -> dict[str, BuiltModel]:
-    """Base, meta-learned and multi-task models for one held-out domain (trained or reused)."""
+                     cells: CellStore, show_progress: bool) -> dict[str, BuiltModel]:
+    """Base, meta-learned, multi-task and MetaICL models for one held-out domain (trained
+    or reused); each training's wall time is a stage of the results."""
     root = Path(config.out) / _slug(held_out)
     base = build_model(config.meta.model, seed=config.meta.seed)
     base.cache_dir = config.meta.cache_dir
     base.model.eval()
     starts = {"finetune": base}
-    if "meta" in config.methods:
+    wanted = {m.split("+")[0] for m in config.methods}
+    runs: dict[str, tuple[Any, Any, int]] = {}
+    if "meta" in wanted:
         meta_cfg = copy.deepcopy(config.meta)
         meta_cfg.out = str(root / "meta")
-        _train_or_resume(meta_train, meta_cfg, meta_cfg.meta.steps, others, show_progress)
-        starts["meta"] = _load_start(base, meta_cfg.out)
-    if "multitask_finetune" in config.methods:
+        runs["meta"] = (meta_train, meta_cfg, meta_cfg.meta.steps)
+    if "multitask_finetune" in wanted:
         mt_cfg = _multitask_config(config, root / "multitask")
-        _train_or_resume(train, mt_cfg, mt_cfg.optim.steps, others, show_progress)
-        starts["multitask_finetune"] = _load_start(base, mt_cfg.out)
+        runs["multitask_finetune"] = (train, mt_cfg, mt_cfg.optim.steps)
+    if "metaicl" in wanted:
+        icl_cfg = _multitask_config(config, root / "metaicl", demos=config.metaicl_demos)
+        runs["metaicl"] = (train, icl_cfg, icl_cfg.optim.steps)
+    for method, (fn, cfg, steps) in runs.items():
+        started = time.perf_counter()
+        if _train_or_resume(fn, cfg, steps, others, show_progress):
+            cells.stage(f"{held_out}/train {method}", time.perf_counter() - started)
+        starts[method] = _load_start(base, cfg.out)
     return starts
 
 
-def _multitask_config(config: BenchmarkConfig, out: Path) -> TrainConfig:
+def _multitask_config(config: BenchmarkConfig, out: Path, *, demos: int = 0) -> TrainConfig:
     meta = config.meta
     optim = copy.deepcopy(config.multitask)
     if config.match_budget:
@@ -191,7 +335,7 @@ def _multitask_config(config: BenchmarkConfig, out: Path) -> TrainConfig:
                        params=list(meta.inner.params), exclude=list(meta.inner.exclude),
                        optim=optim, eval_every=max(1, optim.steps), checkpoint_every=
                        max(1, optim.steps // 4), tensorboard=meta.tensorboard,
-                       cache_dir=meta.cache_dir)
+                       cache_dir=meta.cache_dir, demos=demos)
 
 
 def meta_examples(config: MetaTrainConfig) -> int:
@@ -207,15 +351,17 @@ _BOOKKEEPING = {"out", "cache_dir", "tensorboard", "log_every", "checkpoint_ever
 
 
 def _train_or_resume(fn: Any, cfg: Any, steps: int, tasks: list[Task], show_progress: bool
-                     ) -> None:
+                     ) -> bool:
+    """Train (or finish) a starting point; False when a finished one is reused."""
     last = latest_checkpoint(cfg.out)
     if last is not None:
         state = load_checkpoint(last).state
         _check_same_settings(cfg, state.get("config"), last)
         if int(state["step"]) >= steps:
             logger.info("reusing %s", last)
-            return
+            return False
     fn(cfg, resume=last is not None, tasks=tasks, show_progress=show_progress)
+    return True
 
 
 def _check_same_settings(cfg: Any, saved: Any, checkpoint: Any) -> None:
@@ -255,51 +401,73 @@ def _load_start(base: BuiltModel, run: str) -> BuiltModel:
     return BuiltModel(model, base.passage_encoder, base.cache_dir)
 
 
-def _evaluate_method(config: BenchmarkConfig, method: str, start: BuiltModel, task: Task,
-                     show_progress: bool) -> list[dict[str, Any]]:
-    """Every (shots, seed) cell of one method on one held-out task, plus its steps curve."""
+def _evaluate_adapted(config: BenchmarkConfig, method: str, wanted: list[str],
+                      start: BuiltModel, task: Task, cells: CellStore, show_progress: bool
+                      ) -> None:
+    """The cells of one adapted method (and of ``method+in_context``) still to score.
+
+    Each (shots, seed) adapts once; the adapted weights are scored as they are and,
+    for ``+in_context``, with the support set in the prompt. ``method`` gets the steps
+    curve at ``curve_shots``.
+    """
     from tqdm.auto import tqdm
 
-    records = []
     start.use_corpus(task.corpus, language=task.language)
     names = adapted_names(start.model, config.adapt)
-    if 0 in config.shots:  # unadapted: deterministic, so one record (no seed to vary)
-        records.append(_record(task, method, 0, 0, config.seeds[0], None,
-                               _score(start, task, config)))
-    cells = [(shots, seed) for shots in config.shots if shots > 0 for seed in config.seeds]
-    for shots, seed in tqdm(cells, desc=f"{task.name}: {method}", disable=not show_progress):
+    todo = sorted({c for m in wanted for c in cells.todo(task.name, m)})
+    for shots, seed in tqdm(todo, desc=f"{task.name}: {method}", disable=not show_progress):
         support = _support(task, shots, seed)
-        curve = config.curve_steps if shots == config.curve_shots else []
+        if shots == 0:
+            with cells.cell(task.name, method, 0, seed) as add:
+                add(_record(task, method, 0, 0, seed, None, _score(start, task, config)))
+            continue
+        curve = config.curve_steps if shots == config.curve_shots and method in wanted else []
+        started = time.perf_counter()
         lr, snapshots = _adapt_with_best_lr(config, start, names, support, task, curve)
-        for steps, params in sorted(snapshots.items()):
-            with swapped_params(start.model, params):
-                scores = _score(start, task, config)
-            records.append(_record(task, method, shots, steps, seed, lr, scores,
-                                   curve=steps != config.adapt.steps))
-        logger.info("%s %s shots=%d seed=%d lr=%g: ROUGE-L %.1f", task.name, method, shots,
-                    seed, lr, records[-1]["scores"].get("rougeL") or 0.0)
-    return records
+        adapted = snapshots[config.adapt.steps]
+        for name in wanted:
+            if cells.has(task.name, name, shots, seed):
+                continue
+            with cells.cell(task.name, name, shots, seed) as add:
+                if name == method:
+                    for steps, params in sorted(snapshots.items()):
+                        with swapped_params(start.model, params):
+                            scores = _score(start, task, config)
+                        add(_record(task, name, shots, steps, seed, lr, scores, config,
+                                    curve=steps != config.adapt.steps))
+                else:
+                    with swapped_params(start.model, adapted), _demos(start, support):
+                        add(_record(task, name, shots, config.adapt.steps, seed, lr,
+                                    _score(start, task, config), config))
+        logger.info("%s %s shots=%d seed=%d lr=%g (%.0f s)", task.name, "/".join(wanted), shots,
+                    seed, lr, time.perf_counter() - started)
 
 
-def _evaluate_in_context(config: BenchmarkConfig, base: BuiltModel, task: Task
-                         ) -> list[dict[str, Any]]:
-    """In-context k-shot: each cell's support set as demos in the base model's prompts.
+def _evaluate_in_context(config: BenchmarkConfig, method: str, start: BuiltModel, task: Task,
+                         cells: CellStore) -> None:
+    """In-context k-shot (``in_context``: the base; ``metaicl``: the MetaICL-trained model):
+    each cell's support set as demos in the prompts, no weight changes, no rate to pick.
 
-    0 shots is the zero-shot method, so only k > 0 is scored; no rate is picked.
+    ``in_context`` at 0 shots is zero-shot, so it scores only k > 0.
     """
-    base.use_corpus(task.corpus, language=task.language)
-    records = []
-    for shots in [s for s in config.shots if s > 0]:
-        for seed in config.seeds:
-            base.model.use_demos(_support(task, shots, seed))
-            try:
-                scores = _score(base, task, config)
-            finally:
-                base.model.demos = ()
-            records.append(_record(task, "in_context", shots, 0, seed, None, scores))
-            logger.info("%s in_context shots=%d seed=%d: ROUGE-L %.1f", task.name, shots, seed,
-                        scores.get("rougeL") or 0.0)
-    return records
+    start.use_corpus(task.corpus, language=task.language)
+    for shots, seed in cells.todo(task.name, method):
+        with cells.cell(task.name, method, shots, seed) as add, \
+                _demos(start, _support(task, shots, seed)):
+            scores = _score(start, task, config)
+            add(_record(task, method, shots, 0, seed, None, scores))
+        logger.info("%s %s shots=%d seed=%d: F1 %.1f", task.name, method, shots, seed,
+                    scores.get("f1") or 0.0)
+
+
+@contextmanager
+def _demos(built: BuiltModel, examples: list[QAExample]):
+    """The examples as demos in every prompt of ``built`` while the block runs."""
+    built.model.use_demos(examples)
+    try:
+        yield
+    finally:
+        built.model.demos = ()
 
 
 def _support(task: Task, shots: int, seed: int) -> list[QAExample]:
@@ -360,20 +528,13 @@ def _score(built: BuiltModel, task: Task, config: BenchmarkConfig) -> dict[str, 
 
 
 def _record(task: Task, method: str, shots: int, steps: int, seed: int, lr: float | None,
-            scores: dict[str, Any], *, curve: bool = False) -> dict[str, Any]:
+            scores: dict[str, Any], config: BenchmarkConfig | None = None, *,
+            curve: bool = False) -> dict[str, Any]:
     record = {"held_out": task.name, "method": method, "shots": shots, "steps": steps,
               "seed": seed, "lr": lr, "scores": scores}
+    if lr is not None and config is not None and len(config.lr_grid) > 1:
+        # A rate picked at the grid's edge says the grid may be too narrow (the report counts).
+        record["lr_at_edge"] = lr in (min(config.lr_grid), max(config.lr_grid))
     if curve:
         record["curve"] = True
     return record
-
-
-def _save(out: Path, config: BenchmarkConfig, records: list[dict[str, Any]],
-          seconds: float) -> dict[str, Any]:
-    results = {"config": asdict(config), "metrics": METRICS, "primary_metric": "rougeL",
-               "methods": [m for m in METHODS if m in config.methods], "records": records,
-               "wall_seconds": round(seconds, 1)}
-    tmp = out / "results.json.tmp"
-    tmp.write_text(json.dumps(results, indent=1))
-    tmp.replace(out / "results.json")
-    return results

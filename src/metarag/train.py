@@ -40,8 +40,8 @@ from metarag.meta.params import select_params
 from metarag.rag.build import BuiltModel, ModelConfig
 
 __all__ = ["DataConfig", "OptimConfig", "RunLog", "TrainConfig", "TrainResult", "TrainingError",
-           "batch_for_step", "checkpoint_to_resume", "dev_losses", "embed_corpus", "lr_factor",
-           "train"]
+           "batch_for_step", "checkpoint_to_resume", "demos_for_step", "dev_losses",
+           "embed_corpus", "lr_factor", "train"]
 
 
 @dataclass
@@ -78,6 +78,9 @@ class TrainConfig:
             as meta-training's ``inner.params``; the default, LoRA, is meta-training's
             default. ``[all]`` trains every weight (the BERT configs do).
         exclude: Patterns removed from ``params`` (meta-training's default too).
+        demos: MetaICL-style training: this many other train examples of the batch's
+            task in every prompt (drawn per step), so the model learns to use
+            demonstrations; 0 trains on plain prompts.
     """
 
     out: str = "runs/train"
@@ -94,8 +97,11 @@ class TrainConfig:
     max_bad_steps: int = 5
     tensorboard: bool = True
     cache_dir: str | None = "runs/cache"
+    demos: int = 0
 
     def __post_init__(self) -> None:
+        if self.demos < 0:
+            raise ValueError(f"demos must be >= 0, got {self.demos}")
         for name in ("eval_every", "checkpoint_every", "log_every", "max_bad_steps"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -124,6 +130,17 @@ def batch_for_step(tasks: list[Task], step: int, batch_size: int, seed: int
     t = rng.randrange(len(tasks))
     train = tasks[t].train
     return t, rng.sample(train, min(batch_size, len(train)))
+
+
+def demos_for_step(task: Task, batch: list[QAExample], step: int, k: int, seed: int
+                   ) -> list[QAExample]:
+    """MetaICL's demonstrations for a step: k train examples of the task outside the batch.
+
+    A pure function of (seed, step), like `batch_for_step`.
+    """
+    ids = {e.id for e in batch}
+    pool = [e for e in task.train if e.id not in ids]
+    return random.Random(f"{seed}:{step}:demos").sample(pool, min(k, len(pool)))
 
 
 def train(config: TrainConfig, *, resume: bool = False, tasks: list[Task] | None = None,
@@ -175,7 +192,9 @@ def train(config: TrainConfig, *, resume: bool = False, tasks: list[Task] | None
         t, batch = batch_for_step(tasks, step, optim.batch_size, config.seed)
         task = tasks[t]
         model.set_corpus(task.corpus, corpora[task.name])
+        model.use_demos(demos_for_step(task, batch, step, config.demos, config.seed))
         loss = model([e.question for e in batch], [e.answers[0] for e in batch]).loss
+        model.demos = ()
         loss_value = loss.item()
         if not math.isfinite(loss_value):
             run.skip(step, f"loss is {loss_value}", task=task.name, loss=loss_value)
@@ -210,7 +229,8 @@ def train(config: TrainConfig, *, resume: bool = False, tasks: list[Task] | None
 @torch.no_grad()
 def dev_losses(built: BuiltModel, tasks: list[Task], corpora: dict[str, Any],
                config: TrainConfig) -> dict[str, float]:
-    """Mean RAG loss on the first ``dev_examples`` dev questions of each task."""
+    """Mean RAG loss on the first ``dev_examples`` dev questions of each task (with
+    MetaICL training, the first ``demos`` train examples of the task in the prompt)."""
     model = built.model
     model.eval()
     losses = {}
@@ -219,10 +239,12 @@ def dev_losses(built: BuiltModel, tasks: list[Task], corpora: dict[str, Any],
         if not examples:
             continue
         model.set_corpus(task.corpus, corpora[task.name])
+        model.use_demos(task.train[:config.demos] if config.demos else [])
         total = 0.0
         for i in range(0, len(examples), config.optim.batch_size):
             chunk = examples[i:i + config.optim.batch_size]
             total += model([e.question for e in chunk], [e.answers[0] for e in chunk]
                            ).loss.item() * len(chunk)
         losses[task.name] = total / len(examples)
+    model.demos = ()
     return losses

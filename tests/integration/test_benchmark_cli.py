@@ -104,14 +104,24 @@ def test_benchmark_writes_results_report_and_plots(tmp_path, tiny_encoder_dir, k
     results = json.loads((bench / "results.json").read_text())
     records = results["records"]
     main = [r for r in records if not r.get("curve")]
-    # 3 adapted methods x (2 shots x 2 seeds + 1 unadapted), in-context at 2 shots x 2
-    # seeds, plus zero-shot once.
-    assert len(main) == 3 * (2 * 2 + 1) + 2 * 2 + 1
+    count = {m: sum(r["method"] == m for r in main) for m in results["methods"]}
+    # Adapted methods and MetaICL: 2 shots x 2 seeds + 1 unadapted; their +in_context
+    # variants and in-context: 2 shots x 2 seeds (0 shots is the method itself); zero-shot once.
+    assert count == {"meta": 5, "meta+in_context": 4, "metaicl": 5, "multitask_finetune": 5,
+                     "multitask_finetune+in_context": 4, "finetune": 5,
+                     "finetune+in_context": 4, "in_context": 4, "zero_shot": 1}
     assert {r["shots"] for r in main if r["method"] == "in_context"} == {2, 4}
     curve = [r for r in records if r.get("curve")]
-    assert {(r["shots"], r["steps"]) for r in curve} == {(4, 0), (4, 1)}
-    assert all(r["lr"] in (0.01, 0.03) for r in main
-               if r["shots"] > 0 and r["method"] != "in_context")
+    assert {(r["method"], r["shots"], r["steps"]) for r in curve} == {
+        (m, 4, s) for m in ("meta", "multitask_finetune", "finetune") for s in (0, 1)}
+    adapted = [r for r in main if r["shots"] > 0 and r["lr"] is not None]
+    assert all(r["lr"] in (0.01, 0.03) and r["lr_at_edge"] for r in adapted)  # 2-rate grid
+    # X+in_context scores X's adapted weights: the same rate as X's cell.
+    lr = {(r["method"], r["shots"], r["seed"]): r["lr"] for r in main}
+    assert all(lr[("meta+in_context", s, seed)] == lr[("meta", s, seed)]
+               for s in (2, 4) for seed in (0, 1))
+    assert set(results["stages"]) == {f"synthetic/legal/train {m}"
+                                      for m in ("meta", "multitask_finetune", "metaicl")}
     assert all(0 <= r["scores"]["rougeL"] <= 100 for r in records)
     assert "ROUGE-L" in result.output and "meta" in result.output
     for name in ("report.md", "score_vs_shots.png", "score_vs_steps.png"):
@@ -121,10 +131,25 @@ def test_benchmark_writes_results_report_and_plots(tmp_path, tiny_encoder_dir, k
     multitask = load_checkpoint(bench / "synthetic_legal" / "multitask").state
     # meta steps x meta batch x (inner steps x n_shot + n_query) / batch size
     assert multitask["step"] == 2 * 2 * (1 * 2 + 2) / 2
+    metaicl = load_checkpoint(bench / "synthetic_legal" / "metaicl").state
+    assert metaicl["step"] == multitask["step"] and metaicl["config"]["demos"] == 4
     before = latest_checkpoint(bench / "synthetic_legal" / "meta")
+    cells = (bench / "cells.jsonl").read_text().splitlines()
+    assert len(cells) == sum(count.values())
     result = runner.invoke(app, ["benchmark", "--config", str(path), "--set", "seeds=[0]"])
     assert result.exit_code == 0, result.output
     assert latest_checkpoint(bench / "synthetic_legal" / "meta") == before  # reused
+    assert (bench / "cells.jsonl").read_text().splitlines() == cells  # nothing recomputed
+    assert {r["seed"] for r in json.loads((bench / "results.json").read_text())["records"]
+            if r["shots"] > 0} == {0}
+    # A run killed mid-cell: the cut line and the cells after it are redone, the rest kept.
+    (bench / "cells.jsonl").write_text("\n".join(cells[:10]) + "\n" + cells[10][:25])
+    result = runner.invoke(app, ["benchmark", "--config", str(path)])
+    assert result.exit_code == 0, result.output
+    lines = (bench / "cells.jsonl").read_text().splitlines()
+    assert lines[:10] == cells[:10] and len(lines) == len(cells)  # the cut line is gone
+    redone = json.loads((bench / "results.json").read_text())["records"]
+    assert len([r for r in redone if not r.get("curve")]) == len(main)
     # A starting point trained with other settings is refused, not silently reused.
     result = runner.invoke(app, ["benchmark", "--config", str(path), "--set",
                                  "meta.meta.steps=1"])

@@ -13,6 +13,7 @@ from metarag.evaluation.report import (
     Criteria,
     check_claims,
     comparison_table,
+    lr_grid_edges,
     markdown_report,
     mean_ci,
     paired_difference,
@@ -170,7 +171,8 @@ def test_markdown_report_has_the_numbers_and_sections():
                     "## Paired tests", "## ROUGE-L by adaptation steps"):
         assert heading in report
     hw = t_half_width(DELTA)
-    assert (f"| maml at 16 shots beats multitask_finetune at 16 shots by ≥ 2 ROUGE-L | +3.00 "
+    assert (f"| maml at 16 shots beats multitask_finetune at 16 shots (the best baseline there) "
+            f"by ≥ 2 ROUGE-L | +3.00 "
             f"| {3 - hw:.2f} to {3 + hw:.2f} | 6 |") in report
     assert "| maml | 16 | 24.0 ± " in report  # d/easy column of the per-domain table
     assert "Wall time: 412 s (6.9 min)." in report
@@ -250,3 +252,42 @@ def test_errors_name_the_problem():
     repeated["records"].append(dict(repeated["records"][0]))
     with pytest.raises(ValueError, match="two main-grid records for held_out='d/easy'"):
         summarize(repeated, "rougeL")
+
+
+def test_claims_default_to_the_best_meta_method_against_the_best_baseline():
+    results = grid()
+    extra = []
+    for r in results["records"]:
+        if r["method"] == "multitask_finetune" and r["shots"] == 16:
+            # in_context beats multi-task by 1 everywhere: it becomes the baseline to beat.
+            extra.append({**r, "method": "in_context", "lr": None,
+                          "scores": {k: v + 1 for k, v in r["scores"].items()}})
+        if r["method"] == "maml" and r["shots"] == 16 and not r.get("curve"):
+            extra.append({**r, "method": "meta", "scores": {k: v - 0.5 for k, v in
+                                                            r["scores"].items()}})
+    results["records"] += extra
+    results["methods"] += ["meta", "in_context"]
+    claims = check_claims(results)
+    # "meta" is the only meta-learned method of META_METHODS present; "maml" is not one.
+    assert claims[0].text.startswith("meta at 16 shots beats in_context at 16 shots "
+                                     "(the best baseline there)")
+    assert claims[0].difference.mean == pytest.approx(3.0 - 0.5 - 1.0)
+    assert claims[1].text == "meta at 16 shots reaches multitask_finetune at 64 shots"
+    fixed = check_claims(results, Criteria(method="maml", baseline="multitask_finetune"))
+    assert fixed[0].difference.mean == pytest.approx(3.0)
+    assert "best baseline" not in fixed[0].text
+
+
+def test_report_counts_rates_picked_at_the_grid_edge():
+    results = grid()
+    results["config"]["lr_grid"] = [0.001, 0.003, 0.01]
+    for i, r in enumerate(main_records(results)):
+        if r["method"] == "maml":
+            r["lr_at_edge"] = i % 3 != 0
+    edges = lr_grid_edges(results)
+    assert set(edges) == {"maml"} and edges["maml"][1] == 6
+    report = markdown_report(results)
+    assert "## Learning-rate grid" in report and "Grid: 0.001, 0.003, 0.01" in report
+    assert (f"| maml | {edges['maml'][0]} of 6 | "
+            + ("**widen the grid**" if 2 * edges["maml"][0] > 6 else "")) in report
+    assert "## Learning-rate grid" not in markdown_report(grid())
