@@ -48,18 +48,16 @@ def _chinese_task() -> Task:
 
 
 def _episode(env: gymnasium.Env, seed: int | None) -> tuple:
+    """(task, support ids, question ids) of one episode."""
     _, info = env.reset(seed=seed)
+    support = tuple(e.id for e in info["support_examples"])
     ids = [info["question_id"]]
     while True:
         _, _, terminated, _, info = env.step("x")
         if terminated:
             break
         ids.append(info["question_id"])
-    return info["task"], tuple(e.id for e in _support(env)), tuple(ids)
-
-
-def _support(env: gymnasium.Env) -> tuple[QAExample, ...]:
-    return env.unwrapped._plan.support
+    return info["task"], support, tuple(ids)
 
 
 # ---- registration and the gymnasium checker -----------------------------------------
@@ -91,7 +89,9 @@ def test_reset_and_step_follow_the_contract_and_terminate_after_n_questions():
     assert len(obs["support"]) == 3 == len(info["support_examples"])
     assert [s["answer"] for s in obs["support"]] == [e.answers[0]
                                                      for e in info["support_examples"]]
-    assert len(info["corpus"]) == len(env.unwrapped._plan.task.corpus)
+    task = next(t for t in env.unwrapped.tasks if t.name == info["task"])
+    assert info["corpus"] == tuple(task.corpus)
+    support = {e.id for e in info["support_examples"]}
     asked = {info["question_id"]}
     for step in range(1, 5):
         obs, reward, terminated, truncated, info = env.step("250 mg twice daily")
@@ -101,7 +101,7 @@ def test_reset_and_step_follow_the_contract_and_terminate_after_n_questions():
         asked.add(info["question_id"])
     assert obs["question"] == "" and obs["passages"] == () and info["question_id"] is None
     assert len(asked - {None}) == 4  # four distinct questions
-    assert not asked & {e.id for e in _support(env)}  # none of them in the support set
+    assert not asked & support  # none of them in the support set
     with pytest.raises(RuntimeError, match="terminated"):
         env.unwrapped.step("again")
 

@@ -74,7 +74,7 @@ class FewShotQAEnv(gym.Env[dict[str, Any], str]):
         if n_questions < 1:
             raise ValueError(f"n_questions must be >= 1, got {n_questions}")
         self.shots, self.n_questions, self.split = shots, n_questions, split
-        self.passages = PassageSource(passages, k)
+        self.passage_source = PassageSource(passages, k)
         self.tasks = resolve_tasks(tasks, seed=data_seed)
         self._pools = [task_pools(t, shots=shots, n_questions=n_questions, split=split)
                        for t in self.tasks]
@@ -172,7 +172,7 @@ class FewShotQAEnv(gym.Env[dict[str, Any], str]):
         # Fresh dicts and tuples every call: users may keep and change what they get.
         assert self._plan is not None
         example = self._current()
-        passages = () if example is None else self.passages(self._plan.task, example)
+        passages = () if example is None else self.passage_source(self._plan.task, example)
         return {
             "task": fit_text(self._plan.task.name),
             "question": "" if example is None else fit_text(example.question),
