@@ -61,6 +61,7 @@ from metarag.meta.inner import Batch, inner_loop, rag_loss_fn
 from metarag.meta.params import Params, split_params
 from metarag.meta.train import MetaTrainConfig, meta_train
 from metarag.rag.build import BuiltModel, build_model, load_weights
+from metarag.rag.model import EncoderCache, source_cache
 from metarag.train import OptimConfig, TrainConfig, train
 
 logger = logging.getLogger(__name__)
@@ -87,6 +88,7 @@ class BenchmarkConfig:
         curve_shots, curve_steps: The score-against-steps curve (empty: none).
         test_examples: Test questions scored per held-out domain (a fixed subset).
         dev_examples: Dev questions that pick the learning rate.
+        answer_batch_size: Test questions answered in one batched generation.
         meta: The meta-training run (data, model, inner loop, outer loop).
         multitask: The multi-task baseline's optimiser.
         match_budget: Replace ``multitask.steps`` so that the baseline back-propagates
@@ -107,6 +109,7 @@ class BenchmarkConfig:
     curve_steps: list[int] = field(default_factory=lambda: [0, 1, 2, 4, 8])
     test_examples: int = 30
     dev_examples: int = 16
+    answer_batch_size: int = 8
     meta: MetaTrainConfig = field(default_factory=MetaTrainConfig)
     multitask: OptimConfig = field(default_factory=OptimConfig)
     match_budget: bool = True
@@ -119,8 +122,8 @@ class BenchmarkConfig:
             raise ValueError(f"unknown methods {unknown}; choose from {', '.join(METHODS)}")
         if not self.seeds or not self.shots or not self.lr_grid:
             raise ValueError("seeds, shots and lr_grid must not be empty")
-        if min(self.shots) < 0 or self.test_examples < 1:
-            raise ValueError("shots must be >= 0 and test_examples >= 1")
+        if min(self.shots) < 0 or self.test_examples < 1 or self.answer_batch_size < 1:
+            raise ValueError("shots must be >= 0, test_examples and answer_batch_size >= 1")
 
 
 class BenchmarkError(MetaRAGError, RuntimeError):
@@ -414,6 +417,9 @@ def _evaluate_adapted(config: BenchmarkConfig, method: str, wanted: list[str],
 
     start.use_corpus(task.corpus, language=task.language)
     names = adapted_names(start.model, config.adapt)
+    # What lies below the adapted weights is the same in every cell: one cache for all
+    # (BERT2BERT's encoder outputs; Gemma's frozen-prefix states when only top layers adapt).
+    sources = source_cache(start.model, names)
     todo = sorted({c for m in wanted for c in cells.todo(task.name, m)})
     for shots, seed in tqdm(todo, desc=f"{task.name}: {method}", disable=not show_progress):
         support = _support(task, shots, seed)
@@ -423,7 +429,8 @@ def _evaluate_adapted(config: BenchmarkConfig, method: str, wanted: list[str],
             continue
         curve = config.curve_steps if shots == config.curve_shots and method in wanted else []
         started = time.perf_counter()
-        lr, snapshots = _adapt_with_best_lr(config, start, names, support, task, curve)
+        lr, snapshots = _adapt_with_best_lr(config, start, names, support, task, curve,
+                                            sources)
         adapted = snapshots[config.adapt.steps]
         for name in wanted:
             if cells.has(task.name, name, shots, seed):
@@ -477,8 +484,8 @@ def _support(task: Task, shots: int, seed: int) -> list[QAExample]:
 
 
 def _adapt_snapshots(start: BuiltModel, names: list[str], support: list[QAExample],
-                     steps: int, lr: float, batch_size: int | None, keep: list[int]
-                     ) -> dict[int, Params]:
+                     steps: int, lr: float, batch_size: int | None, keep: list[int],
+                     sources: EncoderCache | None = None) -> dict[int, Params]:
     """Adapted parameters after ``steps`` SGD steps, and after each step count in ``keep``.
 
     The same computation as `metarag.meta.adapt.adapt_params`, with snapshots along the way.
@@ -486,7 +493,7 @@ def _adapt_snapshots(start: BuiltModel, names: list[str], support: list[QAExampl
     model = start.model
     meta, frozen = split_params(model, names)
     current = {k: v.detach() for k, v in meta.items()}
-    loss_fn = rag_loss_fn(model, frozen)
+    loss_fn = rag_loss_fn(model, frozen, encoder_cache=sources)
     wanted = {s for s in keep if s <= steps} | {steps}
     out = {0: current} if 0 in wanted else {}
     for step, batch in enumerate(support_batches(support, steps, batch_size), start=1):
@@ -498,7 +505,8 @@ def _adapt_snapshots(start: BuiltModel, names: list[str], support: list[QAExampl
 
 
 def _adapt_with_best_lr(config: BenchmarkConfig, start: BuiltModel, names: list[str],
-                        support: list[QAExample], task: Task, curve: list[int]
+                        support: list[QAExample], task: Task, curve: list[int],
+                        sources: EncoderCache | None = None
                         ) -> tuple[float, dict[int, Params]]:
     """Adapt at every grid rate; keep the one whose model has the lowest held-out dev loss.
 
@@ -508,7 +516,7 @@ def _adapt_with_best_lr(config: BenchmarkConfig, start: BuiltModel, names: list[
     best: tuple[float, float, dict[int, Params]] | None = None
     for lr in config.lr_grid:
         snapshots = _adapt_snapshots(start, names, support, config.adapt.steps, lr,
-                                     config.adapt.batch_size, curve)
+                                     config.adapt.batch_size, curve, sources)
         if len(config.lr_grid) == 1:
             return lr, snapshots
         with swapped_params(start.model, snapshots[config.adapt.steps]), torch.no_grad():
@@ -523,7 +531,7 @@ def _score(built: BuiltModel, task: Task, config: BenchmarkConfig) -> dict[str, 
     from metarag.evaluation.qa import evaluate_qa
 
     result = evaluate_qa(built, task, split="test", max_examples=config.test_examples,
-                         ks=(1, 5))
+                         batch_size=config.answer_batch_size, ks=(1, 5))
     return {k: v for k, v in result.metrics.items() if k in METRICS}
 
 
