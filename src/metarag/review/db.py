@@ -111,6 +111,11 @@ class ReviewDB:
             db = sqlite3.connect(self.path, timeout=10.0, isolation_level=None)
             try:
                 # WAL: readers never block the writer; the mode is stored in the file.
+                tables = {r[0] for r in db.execute(
+                    "SELECT name FROM sqlite_master WHERE type = 'table'")}
+                if tables and "comparisons" not in tables:
+                    raise DataError(self.path, None, "an SQLite database of something else "
+                                    f"(tables: {', '.join(sorted(tables))}); give another path")
                 db.execute("PRAGMA journal_mode=WAL")
                 db.executescript("BEGIN IMMEDIATE;" + _SCHEMA + "COMMIT;")
             finally:
