@@ -82,6 +82,9 @@ def create_app(db: ReviewDB, comparison: Comparison, *, rater: str | None = None
         # One readable line per problem, naming the field (FastAPI's default is a raw list).
         problems = []
         for e in err.errors():
+            if e["type"] == "json_invalid":  # its loc is a character offset, not a field
+                problems.append(f"body: not valid JSON ({e['ctx'].get('error', e['msg'])})")
+                continue
             where = ".".join(str(p) for p in e["loc"] if p not in ("body", "query"))
             problems.append(f"{where or 'body'}: {e['msg']}")
         return JSONResponse({"detail": "; ".join(problems)}, status_code=422)
