@@ -75,6 +75,7 @@ function render(item) {
     $(`answer-${answer.label}-text`).textContent = answer.text || "(empty answer)";
     const own = box.querySelector(".own-passages");
     own.hidden = !answer.passages;
+    own.open = true;
     fillPassages(own.querySelector("ol"), answer.passages);
   }
   $("comment").value = "";
