@@ -15,7 +15,7 @@ import httpx
 import pytest
 from typer.testing import CliRunner
 
-from helpers import LiveServer, write_review_runs, write_run
+from helpers import LiveServer, review_record, write_review_runs, write_run
 from metarag.cli import app as cli
 from metarag.errors import DataError
 from metarag.review.app import create_app
@@ -129,6 +129,10 @@ def test_malformed_json_missing_rater_and_a_fixed_rater(review):
     assert db.judgements() == []
 
 
+def _records(run):
+    return [json.loads(line) for line in (run / "predictions.jsonl").read_text().splitlines()]
+
+
 def _free_port() -> int:
     with closing(socket.socket()) as s:
         s.bind(("127.0.0.1", 0))
@@ -137,6 +141,9 @@ def _free_port() -> int:
 
 def test_the_command_serves_and_a_killed_server_loses_nothing(tmp_path):
     a, b = write_review_runs(tmp_path / "runs")
+    # each run has one question the other lacks: 4 shared, 2 left out
+    write_run(a, [*_records(a)[:4], review_record("bank", "qa", "Only in A?", "maml")])
+    write_run(b, [*_records(b)[:4], review_record("bank", "qb", "Only in B?", "multitask")])
     db_path, port = tmp_path / "review.db", _free_port()
     env = {**os.environ, "PYTHONPATH": f"{SRC}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
     proc = subprocess.Popen([sys.executable, "-m", "metarag", "review", "--a", str(a), "--b",
@@ -161,7 +168,8 @@ def test_the_command_serves_and_a_killed_server_loses_nothing(tmp_path):
     finally:
         proc.send_signal(signal.SIGKILL)  # no shutdown, no chance to flush anything
         out = proc.communicate(timeout=10)[0]
-    assert "5 questions both runs answered" in out and f"{url}/" in out
+    assert "4 questions both runs answered (2 answered by one run only" in out
+    assert f"{url}/" in out
     with closing(sqlite3.connect(db_path)) as raw:
         assert raw.execute("SELECT key, rater, verdict FROM judgements").fetchall() == [
             (item["key"], "ann", "tie")]

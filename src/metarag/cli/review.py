@@ -63,7 +63,7 @@ def review(
     comparison = store.add_comparison(run_a.name, run_b.name, items,
                                       path_a=str(run_a.path), path_b=str(run_b.path))
     total = len(store.items(comparison.id))
-    only = max(len(run_a.predictions), len(run_b.predictions)) - len(items)
+    only = len(run_a.predictions) + len(run_b.predictions) - 2 * len(items)
     typer.echo(f"{len(items)} questions both runs answered"
                + (f" ({only} answered by one run only, left out)" if only else "")
                + f"; {total} in the review of {run_a.name!r} vs {run_b.name!r}.")
