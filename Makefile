@@ -13,7 +13,7 @@ export TRANSFORMERS_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup test test-slow test-all test-latest demo lint bench lock clean
+.PHONY: setup test test-slow test-all test-browser test-latest demo lint bench lock clean
 
 setup: $(STAMP)
 
@@ -56,6 +56,15 @@ test-slow: $(STAMP)
 
 test-all: $(STAMP)
 	$(PY) -m pytest -q -m ""
+
+# The review page in a real headless Chromium (Debian's chromium + chromium-driver,
+# installed here when missing; sudo only when not root).
+test-browser: $(STAMP)
+	@if [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; then \
+	  SUDO=$$([ "$$(id -u)" -eq 0 ] || echo sudo); \
+	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y chromium chromium-driver; \
+	fi
+	$(PY) -m pytest -q -m browser
 
 # Before moving the lock: the test suite on the newest releases the ranges in
 # pyproject.toml allow (torch stays at the local CPU build). Not part of CI.

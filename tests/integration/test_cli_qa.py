@@ -74,6 +74,16 @@ def test_evaluate_writes_metrics_table_and_predictions(setup):
     preds = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
     assert sorted(p["id"] for p in preds) == ["q3", "q4"]
     assert all(len(p["cited_passage_ids"]) == 2 and p["references"] for p in preds)
+    known = {p["id"]: p["text"] for p in PASSAGES}
+    for p in preds:  # the cited passages' text is saved too (metarag review shows it)
+        assert [c["id"] for c in p["passages"]] == p["cited_passage_ids"]
+        assert all(c["text"] == known[c["id"]] for c in p["passages"])
+    # what `metarag review` reads of a run
+    from metarag.review.runs import load_run
+
+    run = load_run(out)
+    assert [r.key for r in run.predictions] == [f"bank/{p['id']}" for p in preds]
+    assert all(r.passages[0]["text"] == known[r.passages[0]["id"]] for r in run.predictions)
 
 
 def test_zero_shot_evaluates_the_untrained_model_of_a_config(setup, tiny_encoder_dir):

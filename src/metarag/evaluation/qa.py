@@ -56,6 +56,9 @@ class QAPrediction:
     references: list[str]
     cited_passage_ids: list[str]   # best first (by p(z|x,y))
     gold_passage_ids: list[str]
+    # The cited passages themselves ({"id", "title", "text"}, same order), so a reader
+    # such as `metarag review` can show them; files written before this field lack it.
+    passages: list[dict[str, str]] = field(default_factory=list)
 
 
 @dataclass
@@ -270,7 +273,9 @@ def evaluate_qa(built: BuiltModel, task: Task, *, split: str = "test",
     metrics["mrr"] = 100.0 * mean_reciprocal_rank(ranked, gold) if scored else None
 
     predictions = [QAPrediction(e.id, e.question, a.answer, list(e.answers),
-                                [c.passage_id for c in a.citations], list(e.gold_passage_ids))
+                                [c.passage_id for c in a.citations], list(e.gold_passage_ids),
+                                [{"id": c.passage_id, "title": c.title, "text": c.text}
+                                 for c in a.citations])
                    for e, a in zip(examples, answers)]
     return QAResult(task=task.name, split=split, n=len(examples), metrics=metrics,
                     seconds=seconds, answers_per_second=len(examples) / max(seconds, 1e-9),

@@ -65,6 +65,9 @@ def test_metrics_counts_and_predictions(built):
     first = result.predictions[0]
     assert first.references == ["answer 0"] and first.gold_passage_ids == ["p0"]
     assert len(first.cited_passage_ids) == 2 and "p0" in first.cited_passage_ids
+    # the cited passages themselves, for readers such as `metarag review`
+    assert [p["id"] for p in first.passages] == first.cited_passage_ids
+    assert {p["text"] for p in first.passages} <= set(QUESTIONS)
     assert "predictions" not in result.to_dict()
 
 
