@@ -140,3 +140,21 @@ def test_two_processes_equal_one_for_each_algorithm(tmp_path, tiny_encoder_dir, 
     _torchrun(config, tmp_path / "dist")
     _assert_same_checkpoint(tmp_path / "single" / "step-000004",
                             tmp_path / "dist" / "step-000004")
+
+
+@pytest.mark.slow
+@pytest.mark.distributed
+def test_non_finite_losses_stop_every_process_and_rank_0_logs_them(tmp_path, tiny_encoder_dir):
+    config = _write_config(tmp_path, tiny_encoder_dir, "fomaml", "bert2bert")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
+         "--master-addr", "127.0.0.1", "--master-port", str(_free_port()),
+         "-m", "metarag", "meta-train", "-c", str(config), "--set", f"out={tmp_path / 'nan'}",
+         "--set", "inner.lr=1e38", "--set", "max_bad_steps=2"],
+        capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode != 0
+    assert proc.stderr.count("for 2 steps in a row") == 2  # each rank stops, saying why
+    log = _log(tmp_path / "nan")
+    assert [r["event"] for r in log] == ["skipped", "skipped"]  # written once, by rank 0
+    assert all(r["reason"].startswith("rank 0: task 1 of 2") for r in log)

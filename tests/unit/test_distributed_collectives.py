@@ -74,7 +74,18 @@ _WORKER = textwrap.dedent("""
               "sums": distributed.all_reduce_sums([1.0, r]),
               "gathered": distributed.all_gather_objects({"rank": r})}
     from metarag.errors import MetaRAGError
-    from metarag.meta.train import MetaOptimConfig, MetaTrainConfig, meta_train
+    from metarag.meta.algorithms import MetaStepResult, TaskLosses
+    from metarag.meta.inner import NonFiniteLossError
+    from metarag.meta.train import MetaOptimConfig, MetaTrainConfig, _meta_batch_losses, meta_train
+
+    # Losses of 2 + 1 tasks: the means over all 3; then a NaN on rank 1 alone skips on both.
+    step = MetaStepResult(None, {}, None, [TaskLosses(None, [10.0 * (t + 1)], float(t + 1))
+                                         for t in mine])
+    losses = _meta_batch_losses(step, None, len(tasks))
+    result["losses"] = [losses.query, losses.support, losses.failure]
+    error = NonFiniteLossError("task 1 of 1, inner step 1: loss is nan") if r == 1 else None
+    failed = _meta_batch_losses(None if error else step, error, len(tasks))
+    result["failure"] = failed.failure
     try:
         meta_train(MetaTrainConfig(out=os.path.join(marks, "never"),
                                    meta=MetaOptimConfig(meta_batch=1)))
@@ -110,6 +121,8 @@ def test_collectives_on_two_processes(tmp_path):
         assert r["w"] == [0.0, 0.0]  # rank 0's values
         assert r["sums"] == [2.0, 1.0]
         assert r["gathered"] == [{"rank": 0}, {"rank": 1}]
+        assert r["losses"] == [pytest.approx(2.0), pytest.approx(20.0), None]
+        assert r["failure"] == "rank 1: task 1 of 1, inner step 1: loss is nan"
         assert "meta.meta_batch (1) is smaller than the number of processes (2)" in r["error"]
     # Local rank 0 finished its body before rank 1 started its own.
     first, second = (float((tmp_path / f"rank{r}").read_text()) for r in range(2))

@@ -304,7 +304,7 @@ class _MetaBatchLosses:
     """A meta-step's losses over the whole meta-batch (all ranks), as a single process logs them.
 
     Attributes:
-        query: Mean query loss over the tasks (None when not computed: Reptile).
+        query: Mean query loss over the tasks (None when no task computed one).
         support: Mean support loss of the meta-parameters over the tasks that have one.
         failure: Why the step is skipped (a non-finite loss on some rank), or None.
     """
