@@ -38,6 +38,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from metarag import distributed
 from metarag.checkpoint import (
     Checkpoint,
     latest_checkpoint,
@@ -117,9 +118,14 @@ def prepare(config: Any, tasks: list[Task] | None
         data = config.data
         tasks = load_tasks(data.data, data.tasks or None, seed=data.seed,
                            max_tokens=data.max_tokens, overlap=data.overlap)
-    built = build_model(config.model, seed=config.seed)
-    # The passage side is frozen: embed each corpus once.
-    corpora = {t.name: embed_corpus(built, t, config.cache_dir) for t in tasks}
+    # Under torchrun, each machine's first process converts the model and embeds the
+    # corpora into the disk caches first; the others then read them (`distributed`).
+    with distributed.local_main_first():
+        built = build_model(config.model, seed=config.seed)
+        # The passage side is frozen: embed each corpus once.
+        corpora = {t.name: embed_corpus(built, t, config.cache_dir,
+                                        show_progress=distributed.is_main())
+                   for t in tasks}
     return tasks, built, corpora
 
 
@@ -135,13 +141,14 @@ def train_only(model: nn.Module, names: Sequence[str]) -> list[str]:
     return list(names)
 
 
-def embed_corpus(built: BuiltModel, task: Task, cache_dir: str | None) -> Any:
+def embed_corpus(built: BuiltModel, task: Task, cache_dir: str | None, *,
+                 show_progress: bool = True) -> Any:
     """The task's passage embeddings from the frozen passage encoder (cached on disk)."""
     from metarag.retrieval.cache import cached_embeddings
 
     logger.info("%s: embedding %d passages", task.name, len(task.corpus))
     return cached_embeddings(built.passage_encoder, task.corpus, cache_dir,
-                             show_progress=True)
+                             show_progress=show_progress)
 
 
 def checkpoint_to_resume(out: Path, model_config: ModelConfig, resume: bool) -> Checkpoint | None:
@@ -182,6 +189,9 @@ class Run:
         resume: Continue from the newest checkpoint in ``config.out``.
         stop_after: Stop after this many steps of this invocation (None: run to ``total``).
         hint: What to change when steps keep failing, e.g. "Lower optim.lr".
+        writes: Whether this process writes the run folder (config, log, TensorBoard,
+            checkpoints). False on all ranks but 0 of a distributed run: they read
+            the checkpoint they resume from, and nothing else touches the disk.
 
     Attributes:
         checkpoint: The checkpoint resumed from, or None.
@@ -194,8 +204,9 @@ class Run:
     """
 
     def __init__(self, config: Any, *, total: int, resume: bool, stop_after: int | None,
-                 hint: str) -> None:
+                 hint: str, writes: bool = True) -> None:
         self.config = config
+        self.writes = writes
         self.out = Path(config.out)
         self.total = total
         self.hint = hint
@@ -224,6 +235,9 @@ class Run:
                 extra(ckpt)
             restore_rng(ckpt)
             logger.info("resumed %s at step %d", ckpt.path, self.start)
+        if not self.writes:
+            self.log = RunLog(None, self.start, tensorboard=False)
+            return
         save_config(self.config, self.out / "config.yaml")
         self.log = RunLog(self.out, self.start, tensorboard=self.config.tensorboard)
 
@@ -242,7 +256,8 @@ class Run:
         """
         self.skipped.append(step)
         self._bad.append(step)
-        logger.warning("step %d: %s; step skipped", step, reason)
+        if self.writes:  # once per run, not once per process
+            logger.warning("step %d: %s; step skipped", step, reason)
         if self.log is None:
             raise RuntimeError("Run.skip before Run.restore (which opens the log)")
         self.log.write({"step": step, "event": "skipped", "reason": reason, **record})
@@ -260,7 +275,7 @@ class Run:
     def save(self, done: int, *, model: RAGModel, trained: Sequence[str],
              optimizer: torch.optim.Optimizer, param_names: list[str],
              aux: Mapping[str, torch.Tensor] | None = None,
-             state: Mapping[str, Any] | None = None) -> Path:
+             state: Mapping[str, Any] | None = None) -> Path | None:
         """Checkpoint the trained weights (not the base), the optimizer and the run's state.
 
         Args:
@@ -271,7 +286,12 @@ class Run:
             aux: Method tensors saved beside the model's (names under
                 `metarag.rag.build.AUX_PREFIX`), e.g. Meta-SGD's learned rates.
             state: Extra JSON state (sampler, metrics, kind...).
+
+        Returns:
+            The checkpoint folder, or None in a process that does not write.
         """
+        if not self.writes:
+            return None
         weights = model_weights(model, trained)
         weights.update({k: v.detach() for k, v in (aux or {}).items()})
         return save_checkpoint(
@@ -287,22 +307,30 @@ class Run:
 
 
 class RunLog:
-    """JSONL log (and TensorBoard scalars); on resume, entries past the resume step go."""
+    """JSONL log (and TensorBoard scalars); on resume, entries past the resume step go.
 
-    def __init__(self, out: Path, start: int, *, tensorboard: bool) -> None:
+    With ``out`` None it writes nothing (the ranks of a distributed run but 0).
+    """
+
+    def __init__(self, out: Path | None, start: int, *, tensorboard: bool) -> None:
+        self.file = None
+        self.tb = None
+        if out is None:
+            return
         self.path = out / "log.jsonl"
         if self.path.is_file():
             kept = [line for line in self.path.read_text().splitlines()
                     if line.strip() and json.loads(line).get("step", 0) <= start]
             self.path.write_text("".join(line + "\n" for line in kept))
         self.file = self.path.open("a")
-        self.tb = None
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
             self.tb = SummaryWriter(str(out / "tensorboard"), purge_step=start or None)
 
     def write(self, record: dict[str, Any]) -> None:
+        if self.file is None:
+            return
         self.file.write(json.dumps(record) + "\n")
         self.file.flush()
         if self.tb is not None:
@@ -311,6 +339,7 @@ class RunLog:
                     self.tb.add_scalar(key, value, record["step"])
 
     def close(self) -> None:
-        self.file.close()
+        if self.file is not None:
+            self.file.close()
         if self.tb is not None:
             self.tb.close()

@@ -29,13 +29,28 @@ def meta_train(
     the query losses. The run folder gets config.yaml, log.jsonl (query, support
     and meta-validation losses), tensorboard/ and step-N/ checkpoints that
     `metarag adapt`, `evaluate` and `ask` accept.
+
+    On several processes: `torchrun --nproc-per-node N -m metarag meta-train ...`
+    splits each meta-batch's tasks across them; rank 0 writes (docs/DISTRIBUTED.md).
     """
+    import logging
+
+    from metarag import distributed
     from metarag.config import load_config
     from metarag.meta.train import MetaTrainConfig
     from metarag.meta.train import meta_train as run
 
     cfg = load_config(MetaTrainConfig, config, overrides or [])
-    result = run(cfg, resume=resume, stop_after=stop_after)
+    distributed.init()
+    main = distributed.is_main()
+    try:
+        if not main:  # rank 0 reports progress; the others only warnings
+            logging.getLogger().setLevel(logging.WARNING)
+        result = run(cfg, resume=resume, stop_after=stop_after)
+    finally:
+        distributed.destroy()
+    if not main:
+        return
     val = result.validation
     summary = (f"dev query loss {val['loss_before']:.3f} before / {val['loss_after']:.3f} after "
                "adaptation" if val else "not validated")

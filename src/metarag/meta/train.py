@@ -15,6 +15,12 @@ and a counter; the checkpoint holds that, the meta-parameters (not the frozen
 base: a small checkpoint, `metarag.loop`), Adam's moments, the learned inner
 rates (Meta-SGD) and every RNG. The model runs in eval mode (no
 dropout), so a resumed run repeats an uninterrupted one step for step.
+
+Distributed (``torchrun --nproc-per-node N -m metarag meta-train``, `metarag.distributed`):
+every rank samples the whole meta-batch and takes its slice of the tasks; the
+meta-gradients, losses and meta-validation results are combined across ranks
+before the (identical) optimizer step, so the run follows the single-process
+one with the same seed; rank 0 alone writes the run folder.
 """
 
 from __future__ import annotations
@@ -29,12 +35,19 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from metarag import distributed
 from metarag.checkpoint import Checkpoint
 from metarag.data.episodes import Episode, MetaBatchSampler
 from metarag.data.schema import Task
 from metarag.loop import DataConfig, Run, TrainingError, lr_factor, prepare, train_only
 from metarag.meta.adapt import AdaptConfig, adapted_names
-from metarag.meta.algorithms import maml_step, meta_sgd_lrs, reptile_step, set_grads
+from metarag.meta.algorithms import (
+    MetaStepResult,
+    maml_step,
+    meta_sgd_lrs,
+    reptile_step,
+    set_grads,
+)
 from metarag.meta.inner import Batch, LearningRate, NonFiniteLossError, inner_loop, rag_loss_fn
 from metarag.meta.params import Params, split_params
 from metarag.rag.build import AUX_PREFIX, ModelConfig
@@ -191,8 +204,14 @@ def meta_train(config: MetaTrainConfig, *, resume: bool = False, tasks: list[Tas
 
     started = time.perf_counter()
     meta = config.meta
+    distributed.init()  # joins torchrun's group when launched by it; else a no-op
+    if meta.meta_batch < distributed.world_size():
+        raise TrainingError(f"meta.meta_batch ({meta.meta_batch}) is smaller than the number "
+                            f"of processes ({distributed.world_size()}), which would leave a "
+                            "process without tasks; raise meta.meta_batch or run fewer")
+    main = distributed.is_main()
     run = Run(config, total=meta.steps, resume=resume, stop_after=stop_after,
-              hint="Lower inner.lr or meta.outer_lr")
+              hint="Lower inner.lr or meta.outer_lr", writes=main)
     tasks, built, corpora = prepare(config, tasks)
     sampler = MetaBatchSampler(tasks, n_shot=meta.n_shot, n_query=meta.n_query,
                                meta_batch_size=meta.meta_batch, seed=config.seed)
@@ -217,26 +236,36 @@ def meta_train(config: MetaTrainConfig, *, resume: bool = False, tasks: list[Tas
         sampler.load_state_dict(ckpt.state["sampler"])
 
     run.restore(model, optimizer, list(opt_params), extra=restore_method_state)
+    distributed.broadcast_params(opt_params.values())  # every rank starts from rank 0's
     val_episodes = _validation_episodes(tasks, config)
 
     loss_value = float("nan")
     validation: dict[str, float] = {}
     bar = tqdm(range(run.start, run.end), initial=run.start, total=meta.steps,
-               desc=f"meta-train ({meta.algorithm})", disable=not show_progress)
+               desc=f"meta-train ({meta.algorithm})", disable=not (show_progress and main))
     for step in bar:
         for group in optimizer.param_groups:
             group["lr"] = meta.outer_lr * lr_factor(step, meta.warmup_steps, meta.steps)
+        # Every rank draws the whole meta-batch (the same on all) and runs its slice.
         episodes = [_wrap(e) for e in sampler.sample()]
+        mine = distributed.shard(episodes)
+        error: NonFiniteLossError | None = None
         try:
-            result = _meta_step(meta.algorithm, loss_fn, meta_params, episodes, config.inner,
+            result = _meta_step(meta.algorithm, loss_fn, meta_params, mine, config.inner,
                                 rates)
         except NonFiniteLossError as err:
-            run.skip(step, str(err), cause=err)
+            result, error = None, err
+        # Losses over the whole meta-batch; a failure on any rank skips the step on all.
+        losses = _meta_batch_losses(result, error, len(episodes))
+        if losses.failure is not None:
+            run.skip(step, losses.failure, cause=error)
             continue
         optimizer.zero_grad(set_to_none=True)
         set_grads(meta_params, result.grads)
         if rates is not None and result.lr_grads:
             set_grads(rates, result.lr_grads)
+        # Mean over this rank's tasks -> mean over the meta-batch, equal on every rank.
+        distributed.all_reduce_grads(opt_params.values(), len(mine), len(episodes))
         grad_norm = torch.nn.utils.clip_grad_norm_(list(opt_params.values()),
                                                    meta.grad_clip).item()
         if not math.isfinite(grad_norm):
@@ -245,16 +274,20 @@ def meta_train(config: MetaTrainConfig, *, resume: bool = False, tasks: list[Tas
         optimizer.step()
         run.step_ok()
         done = step + 1
-        loss_value = result.loss if result.loss is not None else float("nan")
+        loss_value = losses.query if losses.query is not None else float("nan")
         if run.due(done, config.log_every):
-            run.log.write({"step": done, "query_loss": result.loss,
-                           "support_loss": result.support_loss, "grad_norm": grad_norm,
+            run.log.write({"step": done, "query_loss": losses.query,
+                           "support_loss": losses.support, "grad_norm": grad_norm,
                            "lr": optimizer.param_groups[0]["lr"],
-                           "tasks": [t.task_name for t in result.tasks],
+                           "tasks": [e.task_name for e in episodes],
                            "seconds": time.perf_counter() - started})
-        bar.set_postfix(query=f"{loss_value:.3f}", support=f"{result.support_loss or 0:.3f}")
+        bar.set_postfix(query=f"{loss_value:.3f}", support=f"{losses.support or 0:.3f}")
         if val_episodes and run.due(done, config.eval_every, last=meta.steps):
-            validation = meta_validate(loss_fn, meta_params, val_episodes, config.inner, rates)
+            # Each rank scores its slice of the dev episodes; rank order is episode order.
+            mine_val = _validation_losses(loss_fn, meta_params, distributed.shard(val_episodes),
+                                          config.inner, rates)
+            validation = _summarise([r for part in distributed.all_gather_objects(mine_val)
+                                     for r in part])
             run.log.write({"step": done, **{f"val/{k}": v for k, v in validation.items()}})
         if run.due(done, config.checkpoint_every):
             run.save(done, model=model, trained=names, optimizer=optimizer,
@@ -264,6 +297,39 @@ def meta_train(config: MetaTrainConfig, *, resume: bool = False, tasks: list[Tas
     run.close()
     return MetaTrainResult(run.out, run.end, loss_value, validation, run.skipped,
                            time.perf_counter() - started)
+
+
+@dataclass(frozen=True)
+class _MetaBatchLosses:
+    """A meta-step's losses over the whole meta-batch (all ranks), as a single process logs them.
+
+    Attributes:
+        query: Mean query loss over the tasks (None when no task computed one).
+        support: Mean support loss of the meta-parameters over the tasks that have one.
+        failure: Why the step is skipped (a non-finite loss on some rank), or None.
+    """
+
+    query: float | None
+    support: float | None
+    failure: str | None
+
+
+def _meta_batch_losses(result: MetaStepResult | None, error: NonFiniteLossError | None,
+                       n_total: int) -> _MetaBatchLosses:
+    """Sum this rank's task losses with the other ranks' (one collective; none alone)."""
+    tasks = result.tasks if result is not None else []
+    queries = [t.query for t in tasks if t.query is not None]
+    supports = [t.support[0] for t in tasks if t.support]
+    failed, q_sum, n_q, s_sum, n_s = distributed.all_reduce_sums(
+        [float(error is not None), sum(queries), len(queries), sum(supports), len(supports)])
+    failure = None
+    if failed:
+        # Rare: the reason, from the first rank that failed, for every rank's log.
+        reasons = distributed.all_gather_objects(None if error is None else str(error))
+        failure = next((f"rank {r}: {m}" if distributed.is_distributed() else m)
+                       for r, m in enumerate(reasons) if m is not None)
+    return _MetaBatchLosses(q_sum / n_total if n_q else None, s_sum / n_s if n_s else None,
+                            failure)
 
 
 def _meta_step(algorithm: str, loss_fn, meta_params: Params, episodes: list[_Episode],
@@ -292,17 +358,32 @@ def _validation_episodes(tasks: Sequence[Task], config: MetaTrainConfig) -> list
 def meta_validate(loss_fn, meta_params: Params, episodes: Sequence[_Episode], inner: AdaptConfig,
                   rates: Params | None = None) -> dict[str, float]:
     """Query loss before and after adapting on each dev episode's support set, per task and mean."""
-    before: dict[str, list[float]] = {}
-    after: dict[str, list[float]] = {}
+    return _summarise(_validation_losses(loss_fn, meta_params, episodes, inner, rates))
+
+
+def _validation_losses(loss_fn, meta_params: Params, episodes: Sequence[_Episode],
+                       inner: AdaptConfig, rates: Params | None
+                       ) -> list[tuple[str, float, float]]:
+    """(task, query loss before, after adapting) per episode, in order."""
     start = {k: v.detach() for k, v in meta_params.items()}
     lr = {k: v.detach() for k, v in rates.items()} if rates is not None else inner.lr
+    records = []
     for ep in episodes:
         with torch.no_grad():
-            before.setdefault(ep.task_name, []).append(loss_fn(start, ep.query).item())
+            before = loss_fn(start, ep.query).item()
         adapted = inner_loop(loss_fn, start, ep.support, steps=max(1, inner.steps), lr=lr,
                              first_order=True)
         with torch.no_grad():
-            after.setdefault(ep.task_name, []).append(loss_fn(adapted, ep.query).item())
+            records.append((ep.task_name, before, loss_fn(adapted, ep.query).item()))
+    return records
+
+
+def _summarise(records: Sequence[tuple[str, float, float]]) -> dict[str, float]:
+    before: dict[str, list[float]] = {}
+    after: dict[str, list[float]] = {}
+    for task, loss_before, loss_after in records:
+        before.setdefault(task, []).append(loss_before)
+        after.setdefault(task, []).append(loss_after)
     summary = {"loss_before": _mean(before), "loss_after": _mean(after)}
     summary.update({f"loss_after/{k}": sum(v) / len(v) for k, v in after.items()})
     return summary
