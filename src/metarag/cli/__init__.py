@@ -20,6 +20,7 @@ from metarag.cli import (
     index,
     meta_train,
     retrieve,
+    serve,
     tasks,
     train,
 )
@@ -43,6 +44,7 @@ app.command("meta-train")(meta_train.meta_train)
 app.command("adapt")(adapt.adapt)
 app.command("export-peft")(export_peft.export_peft)
 app.command("benchmark")(benchmark.benchmark)
+app.command("serve")(serve.serve)
 
 
 def _version(value: bool) -> None:

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from metarag.errors import MetaRAGError
 from metarag.serve.registry import DomainAssets, DomainCache, DomainError, DomainSpec
 
 if TYPE_CHECKING:
@@ -27,6 +28,10 @@ if TYPE_CHECKING:
     from metarag.rag.model import Answer
 
 log = logging.getLogger(__name__)
+
+
+class LoadError(MetaRAGError, RuntimeError):
+    """A registered domain's files could not be loaded (changed since registration)."""
 
 
 class Engine:
@@ -111,7 +116,13 @@ class Engine:
         from metarag.rag.build import fitting_weights
 
         started = time.perf_counter()
-        weights = fitting_weights(self.model, load_checkpoint(spec.checkpoint))
+        try:
+            checkpoint = load_checkpoint(spec.checkpoint)
+        except Exception as err:  # safetensors raises its own error types
+            raise LoadError(f"{spec.checkpoint / 'model.safetensors'}: cannot read the adapted "
+                            f"weights ({type(err).__name__}: {err}); re-adapt the domain, then "
+                            "PUT it again") from err
+        weights = fitting_weights(self.model, checkpoint)
         # The corpus is built in the model itself (its retriever kind decides how), then kept.
         self.model.config = spec.rag
         self.built.use_index(spec.index, model_name=f"domain {spec.name!r}")
