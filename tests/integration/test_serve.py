@@ -373,3 +373,50 @@ def test_cli_refuses_unsafe_settings_before_loading_anything(dirs, monkeypatch):
     monkeypatch.setenv("METARAG_TEST_KEY", "short")
     result = runner.invoke(cli, [*base, "--api-key-env", "METARAG_TEST_KEY"])
     assert result.exit_code != 0 and "at least 16" in result.output
+
+
+def _free_port():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_the_serve_command_runs_a_server(dirs, tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    key_file = tmp_path / "key"
+    key_file.write_text(KEY)
+    key_file.chmod(0o600)
+    port = _free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "metarag", "serve", "--base", str(dirs["base"]),
+         "--domain", f"bank={dirs['bank']}",
+         "--domain", f"bank_b={dirs['bank_b']},index={dirs['bank'] / 'index'}",
+         "--port", str(port), "--api-key-file", str(key_file), "--batch-window-ms", "5"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"})
+    url, auth = f"http://127.0.0.1:{port}", {"authorization": f"Bearer {KEY}"}
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            assert proc.poll() is None, proc.stdout.read()
+            assert time.monotonic() < deadline, "the server did not come up"
+            try:
+                if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                time.sleep(0.2)
+        assert _ask(url, "bank", "Who?").status_code == 401
+        _, ids, _ = _answer(url, "bank_b", "Who chairs the audit committee?", headers=auth)
+        assert set(ids) <= {p["id"] for p in BANK}
+        names = [d["name"] for d in httpx.get(f"{url}/v1/domains", headers=auth).json()["domains"]]
+        assert names == ["bank", "bank_b"]
+    finally:
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 0, out
+    assert "serving 2 domain(s) bank, bank_b" in out and "API key required" in out
