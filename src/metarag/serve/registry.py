@@ -283,7 +283,8 @@ class DomainCache:
     """Loaded domains, least recently used first out, bounded by their `DomainAssets.nbytes`.
 
     The newest entry always stays, even alone over the bound (it is being served).
-    Used by the worker thread only; `snapshot` may be read from others.
+    Filled by the worker thread; `snapshot` and `nbytes` are read from HTTP threads
+    too, hence the lock.
     """
 
     def __init__(self, max_bytes: int) -> None:
@@ -291,42 +292,52 @@ class DomainCache:
             raise ValueError(f"cache max_bytes must be >= 0, got {max_bytes}")
         self.max_bytes = max_bytes
         self._entries: OrderedDict[int, DomainAssets] = OrderedDict()  # most recent last
+        self._lock = threading.Lock()
         self.loads = self.evictions = 0
 
     def get(self, spec: DomainSpec) -> DomainAssets | None:
         """The loaded assets of exactly this registration, marked most recently used."""
-        assets = self._entries.get(spec.uid)
-        if assets is not None:
-            self._entries.move_to_end(spec.uid)
-        return assets
+        with self._lock:
+            assets = self._entries.get(spec.uid)
+            if assets is not None:
+                self._entries.move_to_end(spec.uid)
+            return assets
 
     def put(self, assets: DomainAssets) -> list[DomainAssets]:
         """Keep ``assets``; returns the entries evicted to stay within ``max_bytes``."""
-        self._entries[assets.spec.uid] = assets
-        self._entries.move_to_end(assets.spec.uid)
-        self.loads += 1
-        return self._shrink()
+        with self._lock:
+            self._entries[assets.spec.uid] = assets
+            self._entries.move_to_end(assets.spec.uid)
+            self.loads += 1
+            return self._shrink()
 
     def discard(self, uid: int) -> None:
         """Forget a registration's assets (it was removed or replaced)."""
-        self._entries.pop(uid, None)
+        with self._lock:
+            self._entries.pop(uid, None)
 
     def resize(self, assets: DomainAssets) -> list[DomainAssets]:
         """Recount an entry that grew (in-context demos) and evict to fit again."""
-        assets.measure()
-        return self._shrink()
+        with self._lock:
+            assets.measure()
+            return self._shrink()
 
     @property
     def nbytes(self) -> int:
-        return sum(a.nbytes for a in list(self._entries.values()))
+        with self._lock:
+            return self._nbytes()
 
     def snapshot(self) -> dict[int, int]:
         """uid -> bytes of the loaded entries, oldest first."""
-        return {uid: a.nbytes for uid, a in list(self._entries.items())}
+        with self._lock:
+            return {uid: a.nbytes for uid, a in self._entries.items()}
+
+    def _nbytes(self) -> int:
+        return sum(a.nbytes for a in self._entries.values())
 
     def _shrink(self) -> list[DomainAssets]:
         evicted = []
-        while len(self._entries) > 1 and self.nbytes > self.max_bytes:
+        while len(self._entries) > 1 and self._nbytes() > self.max_bytes:
             _, old = self._entries.popitem(last=False)
             evicted.append(old)
             self.evictions += 1

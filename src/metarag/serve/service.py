@@ -84,6 +84,8 @@ class Service:
         self.settings = settings or ServeSettings()
         self.base_config = base_config
         self.registry = DomainRegistry()
+        # Registration compares index fingerprints from HTTP threads: compute it once now.
+        built.passage_encoder.fingerprint()
         self.engine = Engine(built, DomainCache(self.settings.cache_bytes))
         self.batcher = Batcher(self._run, window_s=self.settings.batch_window_ms / 1000,
                                max_batch=self.settings.max_batch,
