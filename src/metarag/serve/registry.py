@@ -271,10 +271,14 @@ class DomainAssets:
     nbytes: int = 0
 
     def measure(self) -> int:
-        """Recount ``nbytes``: tensors exactly, passages by their text (+100 bytes each)."""
+        """Recount ``nbytes``: tensors exactly, texts by their length (+100 bytes each)."""
         tensors = sum(t.numel() * t.element_size() for t in self.weights.values())
         emb = self.corpus.embeddings
         text = sum(len(p.text) + len(p.title) + len(p.id) + 100 for p in self.corpus.passages)
+        text += sum(len(e.question) + sum(map(len, e.answers)) + 100
+                    for e in self.support or ())
+        text += sum(len(d.question) + len(d.answer) + len(d.context) + 100
+                    for demos in self.demos.values() for d in demos)
         self.nbytes = tensors + emb.numel() * emb.element_size() + text
         return self.nbytes
 
