@@ -18,6 +18,7 @@ the request model of ``/v1/answer``, a class made per app, from them.
 import asyncio
 import logging
 import time
+from collections.abc import Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -88,15 +89,16 @@ def _answer_request(max_question_chars: int, max_k: int, max_in_context: int) ->
 
 
 def create_app(service: Service, *, api_key: str | None = None,
-               loopback_only: bool = True) -> FastAPI:
+               allowed_hosts: Sequence[str] | None = LOOPBACK_NAMES) -> FastAPI:
     """The FastAPI app; it starts and stops the service's worker with its lifespan.
 
     Args:
         service: The domains, model and worker.
         api_key: Required as ``Authorization: Bearer <key>`` on every ``/v1`` endpoint
             when given; without it the admin endpoints answer 403.
-        loopback_only: Accept only Host headers naming the loopback host (against
-            DNS rebinding); for a server bound to 127.0.0.1 / ::1 / localhost.
+        allowed_hosts: Accept only requests whose Host header names one of these
+            (400 otherwise), against DNS rebinding: for a server bound to loopback.
+            None accepts any Host (a server reached by other names).
     """
     settings = service.settings
 
@@ -111,10 +113,10 @@ def create_app(service: Service, *, api_key: str | None = None,
     app = FastAPI(title="metarag", lifespan=lifespan,
                   description="Answers with cited passages for any adapted domain, from one "
                   "base model.")
-    if loopback_only:
+    if allowed_hosts is not None:
         from starlette.middleware.trustedhost import TrustedHostMiddleware
 
-        app.add_middleware(TrustedHostMiddleware, allowed_hosts=[*LOOPBACK_NAMES, "[::1]"])
+        app.add_middleware(TrustedHostMiddleware, allowed_hosts=list(allowed_hosts))
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     _errors(app)
 
