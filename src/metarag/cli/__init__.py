@@ -21,6 +21,7 @@ from metarag.cli import (
     meta_train,
     retrieve,
     review,
+    serve,
     tasks,
     train,
 )
@@ -45,6 +46,7 @@ app.command("adapt")(adapt.adapt)
 app.command("export-peft")(export_peft.export_peft)
 app.command("benchmark")(benchmark.benchmark)
 app.command("review")(review.review)
+app.command("serve")(serve.serve)
 
 
 def _version(value: bool) -> None:

@@ -135,7 +135,8 @@ class BuiltModel:
         if dense.encoder_identity is None:
             logger.warning("index %s records no encoder; assuming its vectors come from the "
                            "model's passage encoder", directory)
-        self.use_corpus(dense.passages, embeddings=dense.stored_embeddings(), show_progress=True)
+        self.use_corpus(dense.passages, embeddings=dense.stored_embeddings(), show_progress=True,
+                        language=dense.language)
 
 
 def build_model(config: ModelConfig, *, seed: int = 0) -> BuiltModel:
@@ -276,12 +277,13 @@ def _short(identity: str) -> str:
     return f"{kind}:{digest[:16]}…" if kind == "sha256" and len(digest) > 16 else identity
 
 
-def load_weights(model: RAGModel, checkpoint: Checkpoint) -> None:
-    """Load a checkpoint's weights into a model built from its config.
+def fitting_weights(model: RAGModel, checkpoint: Checkpoint) -> dict[str, torch.Tensor]:
+    """A checkpoint's model weights, checked to fit ``model`` (the base and every shape).
 
     A checkpoint with a base record (`base_record`) may hold any part of the model
     and must have been trained on the model's base; an older one must hold all of it.
     Either way every saved weight must exist in the model with the same shape.
+    Training-method tensors (`AUX_PREFIX`) are left out.
 
     Raises:
         CheckpointError: Another base (`check_base`), or weights that do not fit,
@@ -289,9 +291,26 @@ def load_weights(model: RAGModel, checkpoint: Checkpoint) -> None:
     """
     check_base(model, checkpoint)
     weights = {k: v for k, v in checkpoint.model.items() if not k.startswith(AUX_PREFIX)}
-    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    saved = {k: tuple(v.shape) for k, v in weights.items()}
-    partial = bool(checkpoint.state.get(BASE_KEY))
+    check_fit(checkpoint.path, {k: tuple(v.shape) for k, v in weights.items()},
+              {k: tuple(v.shape) for k, v in model.state_dict().items()},
+              partial=bool(checkpoint.state.get(BASE_KEY)))
+    return weights
+
+
+def check_fit(path: str | Path, saved: Mapping[str, tuple[int, ...]],
+              expected: Mapping[str, tuple[int, ...]], *, partial: bool) -> None:
+    """Refuse saved weight shapes that do not fit a model's (`fitting_weights`, by shapes only).
+
+    Args:
+        path: The checkpoint, for the message.
+        saved: Saved weight name -> shape.
+        expected: The model's state-dict name -> shape.
+        partial: The checkpoint may hold only part of the model (it has a base record).
+
+    Raises:
+        CheckpointError: Missing (when not ``partial``), unexpected or reshaped weights,
+            the first of each named.
+    """
     missing = [] if partial else sorted(set(expected) - set(saved))
     unexpected = sorted(set(saved) - set(expected))
     reshaped = sorted(k for k in set(expected) & set(saved) if expected[k] != saved[k])
@@ -305,11 +324,20 @@ def load_weights(model: RAGModel, checkpoint: Checkpoint) -> None:
             k = reshaped[0]
             parts.append(f"{len(reshaped)} with other shapes (e.g. {k}: saved {saved[k]}, "
                          f"model {expected[k]})")
-        raise CheckpointError(f"{checkpoint.path}: was saved from another model config: "
+        raise CheckpointError(f"{path}: was saved from another model config: "
                               + "; ".join(parts) + ". Use the config the checkpoint was "
                               "trained with (it is in its state.json).")
-    # Names and shapes are checked above, so strict=False only skips the base's weights.
-    model.load_state_dict(weights, strict=not partial)
+
+
+def load_weights(model: RAGModel, checkpoint: Checkpoint) -> None:
+    """Load a checkpoint's weights into a model built from its config.
+
+    Raises:
+        CheckpointError: Another base, or weights that do not fit (`fitting_weights`).
+    """
+    weights = fitting_weights(model, checkpoint)
+    # Names and shapes are checked, so strict=False only skips the base's weights.
+    model.load_state_dict(weights, strict=not checkpoint.state.get(BASE_KEY))
 
 
 MODEL_CONFIG_KEY = "model_config"

@@ -357,6 +357,23 @@ class Citation:
     retrieval_score: float  # cosine similarity of question and passage
 
 
+@dataclass(frozen=True)
+class CorpusState:
+    """What a `RAGModel` retrieves from (`RAGModel.corpus_state`): kept to swap corpora.
+
+    Attributes:
+        passages: The passages, in row order.
+        embeddings: (N, D) passage embeddings; (N, 0) with BM25 retrieval.
+        bm25: The BM25 index with ``rag.retriever == "bm25"``, else None.
+        rows: Passage id -> row, for BM25 hits.
+    """
+
+    passages: list[Passage]
+    embeddings: torch.Tensor
+    bm25: Any = None
+    rows: dict[str, int] = field(default_factory=dict)
+
+
 @dataclass
 class Answer:
     question: str
@@ -423,6 +440,26 @@ class RAGModel(nn.Module):
                              "with the matching passage encoder")
         self.passages = list(passages)
         self.passage_embeddings = emb.to(self.passage_embeddings.device)
+
+    def corpus_state(self) -> CorpusState:
+        """The current corpus, to put back later with `restore_corpus` (nothing is copied)."""
+        bm25 = self._bm25 if self.config.retriever == "bm25" else None
+        return CorpusState(self.passages, self.passage_embeddings, bm25,
+                           self._row if bm25 is not None else {})
+
+    def restore_corpus(self, state: CorpusState) -> None:
+        """Retrieve from a corpus kept by `corpus_state`, without re-embedding or re-indexing.
+
+        Raises:
+            ValueError: The state was taken under another retriever kind than the
+                model's ``config.retriever``.
+        """
+        if (state.bm25 is not None) != (self.config.retriever == "bm25"):
+            raise ValueError(f"the corpus state was kept for another retriever than "
+                             f"{self.config.retriever!r}")
+        self.passages = state.passages
+        self.passage_embeddings = state.embeddings
+        self._bm25, self._row = state.bm25, state.rows
 
     def use_demos(self, examples: Sequence[Any], k: int | None = None) -> tuple[Demo, ...]:
         """Put k solved examples (`QAExample`) in every prompt: in-context k-shot.

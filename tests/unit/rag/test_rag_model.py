@@ -164,3 +164,24 @@ def test_no_repeat_ngram_reaches_every_decoding(model):
         [answer] = model.answer(questions, max_new_tokens=16)
         words = answer.answer.split()
         assert len(set(words)) == len(words), (decoding, answer.answer)
+
+
+def test_a_kept_corpus_state_comes_back_without_re_embedding(model):
+    """What `metarag serve` swaps between domains: passages + embeddings, or a BM25 index."""
+    kept = model.corpus_state()
+    before = model.retrieve(["Zorblat dose?", "Tessaly lease?"])[1]
+    other = [Passage("q0", "Grain is stored dry in sealed silos.", "Storage")]
+    model.set_corpus(other, torch.nn.functional.normalize(torch.randn(1, 32), dim=-1))
+    assert model.retrieve(["Zorblat dose?"])[1].tolist() == [[0]]
+    model.restore_corpus(kept)
+    assert model.passages is kept.passages and model.passage_embeddings is kept.embeddings
+    assert torch.equal(model.retrieve(["Zorblat dose?", "Tessaly lease?"])[1], before)
+
+    model.config.retriever = "bm25"
+    with pytest.raises(ValueError, match="another retriever"):
+        model.restore_corpus(kept)
+    model.set_corpus(PASSAGES, None)
+    sparse = model.corpus_state()
+    model.set_corpus(other, None)
+    model.restore_corpus(sparse)
+    assert model.retrieve(["Tessaly lease termination clause"], k=1)[1].tolist() == [[3]]
