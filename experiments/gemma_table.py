@@ -18,7 +18,8 @@ METRICS = [("exact_match", "EM"), ("f1", "F1"), ("rougeL", "ROUGE-L"), ("bleu", 
 
 
 def summary(cells: dict) -> list[str]:
-    methods = sorted({k.split("/", 1)[1] for k in cells}, key=lambda m: ("@" in m, not m.startswith("zero_shot"), m))
+    methods = sorted({k.split("/", 1)[1] for k in cells},
+                     key=lambda m: ("@" in m, not m.startswith("zero_shot"), m))
     lines = ["| dataset | " + " | ".join(methods) + " |", "|---|" + "---:|" * len(methods)]
     for dataset in DATASETS:
         row = []
