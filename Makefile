@@ -92,6 +92,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/retrieval_speed.py
 	$(PY) benchmarks/meta_step.py
 	$(PY) benchmarks/adapt_latency.py
+	$(PY) benchmarks/serve_load.py --clients 8 --seconds 20
 
 clean:
 	rm -rf $(VENV) .venv-lock .venv-latest runs .pytest_cache

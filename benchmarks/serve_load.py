@@ -1,6 +1,6 @@
 """Load on `metarag serve`: C concurrent clients over several domains for T seconds (loopback).
 
-Run from the repository root (the figures in docs/benchmarks/serve_load.md):
+Run from the repository root (the figures in docs/BENCHMARKS.md, "Serving under load"):
 
     python benchmarks/serve_load.py --clients 8 --seconds 20 \
         --out docs/benchmarks/serve_load.json
