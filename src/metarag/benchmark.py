@@ -57,11 +57,10 @@ from metarag.config import ConfigError, from_dict, to_dict
 from metarag.data.schema import QAExample, Task
 from metarag.errors import MetaRAGError
 from metarag.meta.adapt import AdaptConfig, adapted_names, support_batches, swapped_params
-from metarag.meta.inner import Batch, inner_loop, rag_loss_fn
+from metarag.meta.inner import Batch, RAGLoss, inner_loop, rag_loss_fn
 from metarag.meta.params import Params, split_params
 from metarag.meta.train import MetaTrainConfig, meta_train
 from metarag.rag.build import BuiltModel, build_model, load_weights
-from metarag.rag.model import EncoderCache, source_cache
 from metarag.train import OptimConfig, TrainConfig, train
 
 logger = logging.getLogger(__name__)
@@ -197,6 +196,7 @@ class CellStore:
             json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
         self.cells: dict[tuple, dict[str, Any]] = {}
         self.stages: dict[str, float] = {}
+        self._mark = time.perf_counter()  # the end of the last cell or stage
         self._load()
 
     def _load(self) -> None:
@@ -246,19 +246,24 @@ class CellStore:
                 and ("zero_shot" not in self.config.methods
                      or self.has(held_out, "zero_shot", 0, self.config.seeds[0])))
 
-    def stage(self, name: str, seconds: float) -> None:
-        """The wall time of a stage (training a starting point), kept with the next cell."""
-        self.stages[name] = round(seconds, 1)
+    def stage(self, name: str) -> None:
+        """A stage (training a starting point) just ended: its wall time is the time since
+        the last cell or stage (building the model included); kept with the next cell."""
+        now = time.perf_counter()
+        self.stages[name] = round(now - self._mark, 1)
+        self._mark = now
 
     @contextmanager
     def cell(self, held_out: str, method: str, shots: int, seed: int):
         """Collect one cell's records (``add(record)``); appended when the block ends."""
         records: list[dict[str, Any]] = []
-        started = time.perf_counter()
         yield records.append
+        # Since the last cell or stage: the adaptation it needed, loading, the scoring.
+        now = time.perf_counter()
         line = {"key": [held_out, method, shots, seed], "fingerprint": self.fingerprint,
-                "records": records, "seconds": round(time.perf_counter() - started, 1),
+                "records": records, "seconds": round(now - self._mark, 1),
                 "stages": dict(self.stages)}
+        self._mark = now
         with self.path.open("a", encoding="utf-8") as f:
             f.write(json.dumps(line) + "\n")
             f.flush()
@@ -321,9 +326,8 @@ def _starting_points(config: BenchmarkConfig, held_out: str, others: list[Task],
         icl_cfg = _multitask_config(config, root / "metaicl", demos=config.metaicl_demos)
         runs["metaicl"] = (train, icl_cfg, icl_cfg.optim.steps)
     for method, (fn, cfg, steps) in runs.items():
-        started = time.perf_counter()
         if _train_or_resume(fn, cfg, steps, others, show_progress):
-            cells.stage(f"{held_out}/train {method}", time.perf_counter() - started)
+            cells.stage(f"{held_out}/train {method}")
         starts[method] = _load_start(base, cfg.out)
     return starts
 
@@ -417,9 +421,12 @@ def _evaluate_adapted(config: BenchmarkConfig, method: str, wanted: list[str],
 
     start.use_corpus(task.corpus, language=task.language)
     names = adapted_names(start.model, config.adapt)
-    # What lies below the adapted weights is the same in every cell: one cache for all
-    # (BERT2BERT's encoder outputs; Gemma's frozen-prefix states when only top layers adapt).
-    sources = source_cache(start.model, names)
+    # One loss function for every cell and rate: its frozen tensors stay the same objects,
+    # so what lies below the adapted weights is computed once per source (BERT2BERT's
+    # encoder outputs; Gemma's frozen-prefix states when only top layers adapt).
+    params, frozen = split_params(start.model, names)
+    init = {k: v.detach() for k, v in params.items()}
+    loss_fn = rag_loss_fn(start.model, frozen)
     todo = sorted({c for m in wanted for c in cells.todo(task.name, m)})
     for shots, seed in tqdm(todo, desc=f"{task.name}: {method}", disable=not show_progress):
         support = _support(task, shots, seed)
@@ -429,8 +436,7 @@ def _evaluate_adapted(config: BenchmarkConfig, method: str, wanted: list[str],
             continue
         curve = config.curve_steps if shots == config.curve_shots and method in wanted else []
         started = time.perf_counter()
-        lr, snapshots = _adapt_with_best_lr(config, start, names, support, task, curve,
-                                            sources)
+        lr, snapshots = _adapt_with_best_lr(config, init, loss_fn, support, task, curve)
         adapted = snapshots[config.adapt.steps]
         for name in wanted:
             if cells.has(task.name, name, shots, seed):
@@ -483,17 +489,14 @@ def _support(task: Task, shots: int, seed: int) -> list[QAExample]:
     return random.Random(f"benchmark:{task.name}:{seed}:{shots}").sample(pool, shots)
 
 
-def _adapt_snapshots(start: BuiltModel, names: list[str], support: list[QAExample],
-                     steps: int, lr: float, batch_size: int | None, keep: list[int],
-                     sources: EncoderCache | None = None) -> dict[int, Params]:
-    """Adapted parameters after ``steps`` SGD steps, and after each step count in ``keep``.
+def _adapt_snapshots(init: Params, loss_fn: RAGLoss, support: list[QAExample], steps: int,
+                     lr: float, batch_size: int | None, keep: list[int]) -> dict[int, Params]:
+    """Adapted parameters after ``steps`` SGD steps from ``init``, and after each step
+    count in ``keep``.
 
     The same computation as `metarag.meta.adapt.adapt_params`, with snapshots along the way.
     """
-    model = start.model
-    meta, frozen = split_params(model, names)
-    current = {k: v.detach() for k, v in meta.items()}
-    loss_fn = rag_loss_fn(model, frozen, encoder_cache=sources)
+    current = init
     wanted = {s for s in keep if s <= steps} | {steps}
     out = {0: current} if 0 in wanted else {}
     for step, batch in enumerate(support_batches(support, steps, batch_size), start=1):
@@ -504,23 +507,23 @@ def _adapt_snapshots(start: BuiltModel, names: list[str], support: list[QAExampl
     return out
 
 
-def _adapt_with_best_lr(config: BenchmarkConfig, start: BuiltModel, names: list[str],
-                        support: list[QAExample], task: Task, curve: list[int],
-                        sources: EncoderCache | None = None
+def _adapt_with_best_lr(config: BenchmarkConfig, init: Params, loss_fn: RAGLoss,
+                        support: list[QAExample], task: Task, curve: list[int]
                         ) -> tuple[float, dict[int, Params]]:
-    """Adapt at every grid rate; keep the one whose model has the lowest held-out dev loss.
+    """Adapt at every grid rate; keep the one whose model has the lowest held-out dev loss
+    (through ``loss_fn``, the same value as a plain forward).
 
     Returns the rate and its snapshots (see `_adapt_snapshots`).
     """
     dev = Batch.from_examples(task.dev[:config.dev_examples])
     best: tuple[float, float, dict[int, Params]] | None = None
     for lr in config.lr_grid:
-        snapshots = _adapt_snapshots(start, names, support, config.adapt.steps, lr,
-                                     config.adapt.batch_size, curve, sources)
+        snapshots = _adapt_snapshots(init, loss_fn, support, config.adapt.steps, lr,
+                                     config.adapt.batch_size, curve)
         if len(config.lr_grid) == 1:
             return lr, snapshots
-        with swapped_params(start.model, snapshots[config.adapt.steps]), torch.no_grad():
-            loss = start.model(dev.questions, dev.answers).loss.item()
+        with torch.no_grad():
+            loss = loss_fn(snapshots[config.adapt.steps], dev).item()
         loss = loss if loss == loss else float("inf")  # NaN loses
         if best is None or loss < best[0]:
             best = (loss, lr, snapshots)
