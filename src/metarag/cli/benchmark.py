@@ -37,5 +37,7 @@ def benchmark(
     typer.echo(f"\nHeld out: {', '.join(sorted({r['held_out'] for r in results['records']}))}; "
                f"{shots} shots, {len(cfg.seeds)} seeds (mean ± 95% CI):\n")
     typer.echo(comparison_table(results, shots))
+    plots = [str(p) for p in (out / "score_vs_shots.png", out / "score_vs_steps.png")
+             if p.is_file()]
     typer.echo(f"\nwall time {results['wall_seconds']:.0f} s. Report: {out / 'report.md'}; "
-               f"plots: {out / 'score_vs_shots.png'}, {out / 'score_vs_steps.png'}")
+               f"plots: {', '.join(plots) or 'none'}")
