@@ -228,8 +228,14 @@ class CellStore:
         if self.cells:
             logger.info("%s: resuming with %d finished cells", self.path, len(self.cells))
 
+    @staticmethod
+    def _key(held_out: str, method: str, shots: int, seed: int) -> tuple:
+        # An unadapted (0-shot) cell does not depend on the seed: one per method, whatever
+        # the grid's first seed is (its record keeps the seed it was scored under).
+        return (held_out, method, shots, None if shots == 0 else seed)
+
     def has(self, held_out: str, method: str, shots: int, seed: int) -> bool:
-        return (held_out, method, shots, seed) in self.cells
+        return self._key(held_out, method, shots, seed) in self.cells
 
     def todo(self, held_out: str, method: str) -> list[tuple[int, int]]:
         """The (shots, seed) cells of one method still to score (0 shots: one seed)."""
@@ -260,7 +266,8 @@ class CellStore:
         yield records.append
         # Since the last cell or stage: the adaptation it needed, loading, the scoring.
         now = time.perf_counter()
-        line = {"key": [held_out, method, shots, seed], "fingerprint": self.fingerprint,
+        line = {"key": list(self._key(held_out, method, shots, seed)),
+                "fingerprint": self.fingerprint,
                 "records": records, "seconds": round(now - self._mark, 1),
                 "stages": dict(self.stages)}
         self._mark = now
@@ -280,11 +287,13 @@ class CellStore:
                   and key[2] in config.shots
                   and (key[3] in config.seeds or key[2] == 0)]
         records = [r for c in wanted for r in c["records"]]
+        stages = {k: v for k, v in self.stages.items()
+                  if held is None or k.rsplit("/train ", 1)[0] in held}
         results = {"config": asdict(config), "metrics": METRICS, "primary_metric": "f1",
                    "methods": [m for m in METHODS if m in config.methods], "records": records,
-                   "stages": self.stages,
+                   "stages": stages,
                    "wall_seconds": round(sum(c["seconds"] for c in wanted)
-                                         + sum(self.stages.values()), 1)}
+                                         + sum(stages.values()), 1)}
         tmp = self.out / "results.json.tmp"
         tmp.write_text(json.dumps(results, indent=1))
         tmp.replace(self.out / "results.json")

@@ -77,8 +77,12 @@ def init(timeout_minutes: float = 30.0) -> bool:
         raise RuntimeError("WORLD_SIZE > 1 but this torch has no torch.distributed; "
                            "run a single process or install a build with it")
     backend = "gloo"
-    if torch.cuda.is_available() and dist.is_nccl_available():
-        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))  # a GPU per process
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    # NCCL only where this process has a GPU of its own; meta-training's tensors live on
+    # the CPU today, so gloo carries them whatever the machine has.
+    if (torch.cuda.is_available() and dist.is_nccl_available()
+            and local_rank < torch.cuda.device_count()):
+        torch.cuda.set_device(local_rank)
         backend = "cpu:gloo,cuda:nccl"  # each collective picks by its tensors' device
     dist.init_process_group(backend, init_method="env://",
                             timeout=timedelta(minutes=timeout_minutes))

@@ -142,6 +142,13 @@ def test_benchmark_writes_results_report_and_plots(tmp_path, tiny_encoder_dir, k
     assert (bench / "cells.jsonl").read_text().splitlines() == cells  # nothing recomputed
     assert {r["seed"] for r in json.loads((bench / "results.json").read_text())["records"]
             if r["shots"] > 0} == {0}
+    # Another first seed: the 0-shot cells (which no seed changes) are not redone.
+    result = runner.invoke(app, ["benchmark", "--config", str(path), "--set", "seeds=[1]"])
+    assert result.exit_code == 0, result.output
+    assert (bench / "cells.jsonl").read_text().splitlines() == cells
+    zero = [r for r in json.loads((bench / "results.json").read_text())["records"]
+            if r["shots"] == 0]
+    assert len(zero) == 5  # meta, metaicl, multitask_finetune, finetune, zero_shot
     # A run killed mid-cell: the cut line and the cells after it are redone, the rest kept.
     (bench / "cells.jsonl").write_text("\n".join(cells[:10]) + "\n" + cells[10][:25])
     result = runner.invoke(app, ["benchmark", "--config", str(path)])

@@ -195,3 +195,11 @@ def test_summary_command_and_argument_errors(review, tmp_path):
                                  "--db", str(tmp_path / "other.db")])
     assert isinstance(result.exception, DataError) and "share no question" in str(
         result.exception)
+
+
+def test_a_loopback_review_server_refuses_other_host_names(review):
+    db, comparison, _ = review
+    with LiveServer(create_app(db, comparison)) as live, httpx.Client(base_url=live.url) as http:
+        assert http.get("/").status_code == 200
+        # A page that rebinds its own name to 127.0.0.1 sends that name as Host.
+        assert http.get("/", headers={"Host": "attacker.example"}).status_code == 400

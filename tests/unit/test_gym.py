@@ -265,3 +265,21 @@ def test_the_adapted_agent_adapts_on_the_support_set_and_keeps_the_start(tiny_bu
     zero_shot = gymnasium.make(ENV_ID, tasks=["synthetic/pharmacy"], shots=0, n_questions=1)
     run_episodes(zero_shot, agent, 1, seed=0)
     assert agent.adapted == {}  # nothing to adapt on
+
+
+def test_the_adapted_in_context_agent_adapts_without_demos_then_answers_with_them(tiny_built):
+    import torch
+
+    from metarag.meta.adapt import AdaptConfig
+
+    config = AdaptConfig(steps=2, lr=0.5, params=["lora"])
+    env = _make(tasks=["synthetic/pharmacy"], n_questions=1)
+    plain, with_demos = AdaptedRAGAgent(tiny_built, config), AdaptedRAGAgent(
+        tiny_built, config, in_context=True)
+    observation, info = env.reset(seed=0)
+    plain.reset(observation, info)
+    with_demos.reset(observation, info)
+    # The same weights as adapting on plain prompts; the demos are on for answering.
+    for k, v in plain.adapted.items():
+        torch.testing.assert_close(with_demos.adapted[k], v, rtol=0, atol=0)
+    assert len(tiny_built.model.demos) == len(info["support_examples"]) > 0

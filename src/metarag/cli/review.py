@@ -57,6 +57,7 @@ def review(
 
     from metarag.review.app import create_app, serve
     from metarag.review.runs import load_items
+    from metarag.serve.security import is_loopback
 
     run_a, run_b, items = load_items(a, b, name_a, name_b)
     store = ReviewDB(db)
@@ -68,6 +69,6 @@ def review(
                + (f" ({only} answered by one run only, left out)" if only else "")
                + f"; {total} in the review of {run_a.name!r} vs {run_b.name!r}.")
     typer.echo(f"Judgements go to {db}. Open http://{host}:{port}/ (Ctrl+C stops).")
-    if host not in ("127.0.0.1", "localhost", "::1"):
+    if not is_loopback(host):
         typer.echo("note: the page has no login; anyone who reaches this address can judge.")
-    serve(create_app(store, comparison, rater=rater), host=host, port=port)
+    serve(create_app(store, comparison, rater=rater, host=host), host=host, port=port)

@@ -64,13 +64,7 @@ def serve(
     See docs/SERVING.md.
     """
     from metarag.serve.registry import DomainError, parse_domain
-    from metarag.serve.security import (
-        LOOPBACK_NAMES,
-        SecurityError,
-        check_bind,
-        is_loopback,
-        read_api_key,
-    )
+    from metarag.serve.security import SecurityError, check_bind, read_api_key, trusted_hosts
 
     # Refuse an unsafe setting before anything slow is loaded.
     try:
@@ -103,8 +97,7 @@ def serve(
             service.add_domain(name, adapted, index)
         except DomainError as err:
             raise typer.BadParameter(str(err), param_hint="--domain") from None
-    hosts = [*LOOPBACK_NAMES, host.strip("[]")] if is_loopback(host) else None
-    app = create_app(service, api_key=api_key, allowed_hosts=hosts)
+    app = create_app(service, api_key=api_key, allowed_hosts=trusted_hosts(host))
     typer.echo(f"serving {len(domains)} domain(s) {', '.join(names)} on http://{host}:{port} "
                f"({'API key required' if api_key else 'no API key: loopback only'}); "
                "docs at /docs")

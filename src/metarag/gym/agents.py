@@ -184,8 +184,14 @@ class AdaptedRAGAgent(RAGAgent):
 
         super().reset(observation, info)
         support = info["support_examples"]
-        self.adapted = (adapt_params(self.built.model, support, self.config,
-                                     learned_lrs=self.learned_lrs) if support else {})
+        # Adapt on plain prompts (no demos: an example must not see its own answer), then
+        # answer with the demos `RAGAgent.reset` chose, as the benchmark's X+in_context does.
+        demos, self.built.model.demos = self.built.model.demos, ()
+        try:
+            self.adapted = (adapt_params(self.built.model, support, self.config,
+                                         learned_lrs=self.learned_lrs) if support else {})
+        finally:
+            self.built.model.demos = demos
 
     def act(self, observation: Observation, info: Info) -> str:
         from metarag.meta.adapt import swapped_params

@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from metarag.review.db import Comparison, ReviewDB
 from metarag.review.runs import Item
+from metarag.serve.security import trusted_hosts
 
 RATER_MAX, COMMENT_MAX = 100, 4000
 # The page's choice (answer shown as A, as B, ...) -> verdict, given the system shown first.
@@ -61,19 +62,27 @@ def _payload(item: Item, first: str, position: int, done: int, total: int) -> di
             "judged": done, "total": total}
 
 
-def create_app(db: ReviewDB, comparison: Comparison, *, rater: str | None = None) -> Any:
+def create_app(db: ReviewDB, comparison: Comparison, *, rater: str | None = None,
+               host: str = "127.0.0.1") -> Any:
     """The review app for one comparison.
 
     Args:
         db: The review store (judgements are committed there as they arrive).
         comparison: The comparison under review (`ReviewDB.add_comparison`).
         rater: When given, the only rater this server accepts, and the page asks no name.
+        host: The address it is served on: on loopback only requests naming a loopback
+            host are accepted (`metarag.serve.security.trusted_hosts`).
     """
     from fastapi import FastAPI, HTTPException, Query
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import HTMLResponse, JSONResponse, Response
 
     app = FastAPI(title="metarag review", docs_url=None, redoc_url=None, openapi_url=None)
+    hosts = trusted_hosts(host)
+    if hosts is not None:
+        from starlette.middleware.trustedhost import TrustedHostMiddleware
+
+        app.add_middleware(TrustedHostMiddleware, allowed_hosts=hosts)
     static = files("metarag.review") / "static"
     positions = {item.key: i for i, item in enumerate(db.items(comparison.id), start=1)}
 

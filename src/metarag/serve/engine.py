@@ -98,8 +98,9 @@ class Engine:
 
     def reset(self) -> None:
         """Put the base back: its weights and settings (the corpus is the next domain's)."""
-        if self._active is not None:
-            self._restore(self._active.weights.keys())
+        # Every weight any domain ever wrote: after a failed swap the model may hold parts
+        # of a domain that is no longer `_active`.
+        self._restore(self._base.keys())
         self._active = None
         self.model.config = self.base_rag
         self.model.demos = ()
@@ -172,6 +173,11 @@ class Engine:
             task = load_task(spec.task_source, seed=spec.data_seed)
             by_id = {e.id: e for e in task.examples}
             assets.support = [by_id[i] for i in spec.support_ids if i in by_id]
+            if len(assets.support) < len(spec.support_ids):
+                missing = len(spec.support_ids) - len(assets.support)
+                assets.support = None
+                raise DomainError(f"domain {spec.name!r}: {missing} of its support examples "
+                                  f"are no longer in {spec.task_source}; re-adapt the domain")
         assets.demos[n] = self.model.use_demos(assets.support, n)
         self.model.demos = ()
         self.cache.resize(assets)

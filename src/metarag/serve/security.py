@@ -30,6 +30,18 @@ class SecurityError(MetaRAGError, ValueError):
     """The server would run in an unsafe setting, or its key cannot be read."""
 
 
+def trusted_hosts(host: str) -> list[str] | None:
+    """The Host headers a server bound to ``host`` accepts: the loopback names (IPv6 as
+    browsers send it, in brackets) and ``host`` itself when it is loopback, so a web page
+    cannot reach it through a name it rebinds to 127.0.0.1; None (any) otherwise.
+    """
+    if not is_loopback(host):
+        return None
+    bare = host.strip("[]")
+    names = {*LOOPBACK_NAMES, bare}
+    return sorted(names | {f"[{n}]" for n in names if ":" in n})
+
+
 def is_loopback(host: str) -> bool:
     """Whether ``host`` (an address or "localhost") only accepts connections from this machine."""
     if host.strip("[]").lower() == "localhost":

@@ -291,3 +291,21 @@ def test_report_counts_rates_picked_at_the_grid_edge():
     assert (f"| maml | {edges['maml'][0]} of 6 | "
             + ("**widen the grid**" if 2 * edges["maml"][0] > 6 else "")) in report
     assert "## Learning-rate grid" not in markdown_report(grid())
+
+
+def test_a_method_picked_among_several_gets_a_bonferroni_interval():
+    results = grid()
+    extra = []
+    for r in results["records"]:
+        if r["method"] == "maml" and r["shots"] == 16 and not r.get("curve"):
+            extra.append({**r, "method": "meta"})
+            extra.append({**r, "method": "metaicl",
+                          "scores": {k: v - 1 for k, v in r["scores"].items()}})
+    results["records"] += extra
+    results["methods"] += ["meta", "metaicl"]
+    claim = check_claims(results, Criteria(baseline="multitask_finetune"))[0]
+    assert claim.text.startswith("meta (the best of 2 meta-learned methods) at 16 shots")
+    assert "97.5% CI excludes 0" in claim.rule
+    single = check_claims(results, Criteria(method="meta", baseline="multitask_finetune"))[0]
+    assert single.difference.mean == claim.difference.mean == pytest.approx(3.0)
+    assert claim.difference.half_width > single.difference.half_width

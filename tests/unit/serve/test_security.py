@@ -11,6 +11,7 @@ from metarag.serve.security import (
     is_loopback,
     key_matches,
     read_api_key,
+    trusted_hosts,
 )
 
 KEY = "k" * 20
@@ -89,3 +90,10 @@ def test_bodies_over_the_limit_get_413_declared_or_chunked():
     assert _call(10, [(b"content-length", b"-1")], [b""]) == (413, None)
     assert _call(10, [], [b"x" * 6, b"y" * 4]) == (200, b"x" * 6 + b"y" * 4)
     assert _call(10, [], [b"x" * 6, b"y" * 5]) == (413, None)
+
+
+def test_trusted_hosts_name_loopback_as_clients_send_it():
+    hosts = trusted_hosts("::1")
+    assert "[::1]" in hosts and "localhost" in hosts and "127.0.0.1" in hosts
+    assert "127.0.0.2" in trusted_hosts("127.0.0.2")
+    assert trusted_hosts("0.0.0.0") is None and trusted_hosts("example.org") is None
