@@ -39,6 +39,7 @@ settings; other settings are refused, naming what differs.
 from __future__ import annotations
 
 import copy
+import fcntl
 import hashlib
 import json
 import logging
@@ -148,30 +149,38 @@ def run_benchmark(config: BenchmarkConfig, *, tasks: list[Task] | None = None,
     if len(tasks) < 2:
         raise BenchmarkError("leave-one-domain-out needs at least two tasks")
     cells = CellStore(Path(config.out), config)
-    for name in held_out:
-        target = by_name[name]
-        _check_sizes(target, config)
-        if cells.done_for(name):
-            continue
-        others = [t for t in tasks if t.name != name]
-        starts = _starting_points(config, name, others, cells, show_progress)
-        for method in _ADAPTED:
-            wanted = [m for m in (method, method + DEMOS) if m in config.methods]
-            if wanted:
-                _evaluate_adapted(config, method, wanted, starts[method], target, cells,
-                                  show_progress)
-        for method in ("in_context", "metaicl"):
-            if method in config.methods:
-                start = starts["metaicl" if method == "metaicl" else "finetune"]
-                _evaluate_in_context(config, method, start, target, cells)
-        if "zero_shot" in config.methods and not cells.has(name, "zero_shot", 0, config.seeds[0]):
-            starts["finetune"].use_corpus(target.corpus, language=target.language)
-            with cells.cell(name, "zero_shot", 0, config.seeds[0]) as add:
-                add(_record(target, "zero_shot", 0, 0, config.seeds[0], None,
-                            _score(starts["finetune"], target, config)))
-    results = cells.save()
+    try:
+        for name in held_out:
+            _check_sizes(by_name[name], config)
+            if not cells.done_for(name):
+                _run_domain(config, by_name[name], [t for t in tasks if t.name != name],
+                            cells, show_progress)
+        results = cells.save()
+    finally:
+        cells.close()
     write_report(results, config.out)
     return results
+
+
+def _run_domain(config: BenchmarkConfig, target: Task, others: list[Task], cells: CellStore,
+                show_progress: bool) -> None:
+    """Every cell of one held-out domain still to score (its starting points trained first)."""
+    starts = _starting_points(config, target.name, others, cells, show_progress)
+    for method in _ADAPTED:
+        wanted = [m for m in (method, method + DEMOS) if m in config.methods]
+        if wanted:
+            _evaluate_adapted(config, method, wanted, starts[method], target, cells,
+                              show_progress)
+    for method in ("in_context", "metaicl"):
+        if method in config.methods:
+            start = starts["metaicl" if method == "metaicl" else "finetune"]
+            _evaluate_in_context(config, method, start, target, cells)
+    seed = config.seeds[0]
+    if "zero_shot" in config.methods and not cells.has(target.name, "zero_shot", 0, seed):
+        starts["finetune"].use_corpus(target.corpus, language=target.language)
+        with cells.cell(target.name, "zero_shot", 0, seed) as add:
+            add(_record(target, "zero_shot", 0, 0, seed, None,
+                        _score(starts["finetune"], target, config)))
 
 
 class CellStore:
@@ -188,6 +197,14 @@ class CellStore:
 
     def __init__(self, out: Path, config: BenchmarkConfig) -> None:
         out.mkdir(parents=True, exist_ok=True)
+        # One process per folder: two appending and rewriting cells.jsonl would lose cells.
+        self._lock = (out / ".lock").open("w")
+        try:
+            fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            self._lock.close()
+            raise BenchmarkError(f"another benchmark is running in {out}; wait for it or give "
+                                 "this one another `out`") from None
         self.out, self.config, self.path = out, config, out / "cells.jsonl"
         settings = {k: v for k, v in _flat(to_dict(config)).items()
                     if k.split(".")[0] not in self._SELECTION
@@ -227,6 +244,10 @@ class CellStore:
                         self.path, other)
         if self.cells:
             logger.info("%s: resuming with %d finished cells", self.path, len(self.cells))
+
+    def close(self) -> None:
+        """Let another run use the folder."""
+        self._lock.close()
 
     @staticmethod
     def _key(held_out: str, method: str, shots: int, seed: int) -> tuple:
