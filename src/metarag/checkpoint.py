@@ -121,26 +121,33 @@ def latest_checkpoint(run_dir: str | Path) -> Path | None:
     return path
 
 
-def load_checkpoint(path: str | Path) -> Checkpoint:
-    """Read a checkpoint folder (or a run folder, meaning its latest checkpoint)."""
-    from safetensors.torch import load_file
+def read_state(path: str | Path) -> tuple[Path, dict[str, Any]]:
+    """A checkpoint's folder and its state.json, without reading the weights.
 
+    ``path`` is a checkpoint folder, or a run folder (meaning its latest checkpoint).
+    """
     path = Path(path)
     if (path / LATEST).is_file():
         path = latest_checkpoint(path)  # type: ignore[assignment]
     state_file = path / "state.json"
-    weights = path / "model.safetensors"
-    for needed in (state_file, weights):
+    for needed in (state_file, path / "model.safetensors"):
         if not needed.is_file():
             raise CheckpointError(f"{path}: not a checkpoint ({needed.name} is missing)")
     try:
-        state = json.loads(state_file.read_text())
+        return path, json.loads(state_file.read_text())
     except ValueError as err:
         raise CheckpointError(f"{state_file}: malformed JSON: {err}") from None
+
+
+def load_checkpoint(path: str | Path) -> Checkpoint:
+    """Read a checkpoint folder (or a run folder, meaning its latest checkpoint)."""
+    from safetensors.torch import load_file
+
+    path, state = read_state(path)
     optimizer_file = path / "optimizer.safetensors"
     return Checkpoint(
         path=path,
-        model=load_file(weights),
+        model=load_file(path / "model.safetensors"),
         optimizer=load_file(optimizer_file) if optimizer_file.is_file() else {},
         state=state,
     )

@@ -12,7 +12,6 @@ another encoder. Its tensors and passages are loaded on first use and kept in a
 from __future__ import annotations
 
 import itertools
-import json
 import re
 import threading
 from collections import OrderedDict
@@ -138,7 +137,7 @@ def inspect_domain(name: str, adapted: str | Path, index: str | Path | None,
 
     from safetensors import safe_open
 
-    from metarag.checkpoint import Checkpoint, CheckpointError, latest_checkpoint
+    from metarag.checkpoint import Checkpoint, CheckpointError, read_state
     from metarag.config import ConfigError
     from metarag.rag.build import (
         BASE_KEY,
@@ -156,15 +155,8 @@ def inspect_domain(name: str, adapted: str | Path, index: str | Path | None,
         raise DomainError(f"{where}: {adapted} is not a folder (give the --out folder of "
                           "`metarag adapt`)")
     try:
-        checkpoint = latest_checkpoint(adapted) or adapted
-        state_file, weights_file = checkpoint / "state.json", checkpoint / "model.safetensors"
-        if not state_file.is_file() or not weights_file.is_file():
-            raise CheckpointError(f"{checkpoint}: not a checkpoint (state.json and "
-                                  "model.safetensors are needed)")
-        try:
-            state = json.loads(state_file.read_text(encoding="utf-8"))
-        except ValueError as err:
-            raise CheckpointError(f"{state_file}: malformed JSON: {err}") from None
+        checkpoint, state = read_state(adapted)
+        weights_file = checkpoint / "model.safetensors"
         header = Checkpoint(checkpoint, {}, {}, state)
         config = checkpoint_config(header)
         if base is not None and replace(config, rag=base.rag) != base:
@@ -195,6 +187,8 @@ def inspect_domain(name: str, adapted: str | Path, index: str | Path | None,
 
 def _check_index(where: str, index: Path, built: BuiltModel) -> None:
     """The index exists and was built with the base's passage encoder (by fingerprint)."""
+    from metarag.data.io import read_json
+    from metarag.errors import DataError
     from metarag.retrieval.index import META_FILE
 
     meta_file = index / META_FILE
@@ -202,9 +196,9 @@ def _check_index(where: str, index: Path, built: BuiltModel) -> None:
         raise DomainError(f"{where}: {index} is not a passage index ({META_FILE} is missing); "
                           "give ,index=INDEX_DIR (a folder from `metarag index build`)")
     try:
-        meta = json.loads(meta_file.read_text(encoding="utf-8"))
-    except ValueError as err:
-        raise DomainError(f"{where}: {meta_file}: malformed JSON: {err}") from None
+        meta = read_json(meta_file)
+    except DataError as err:
+        raise DomainError(f"{where}: {err}") from None
     recorded = (meta.get("encoder") or {}).get("fingerprint") if isinstance(meta, dict) else None
     mine = built.passage_encoder.identity()["fingerprint"]
     if recorded is not None and recorded != mine:
