@@ -371,8 +371,8 @@ def _multitask_config(config: BenchmarkConfig, out: Path, *, demos: int = 0) -> 
     return TrainConfig(out=str(out), seed=meta.seed, data=meta.data, model=meta.model,
                        params=list(meta.inner.params), exclude=list(meta.inner.exclude),
                        optim=optim, eval_every=max(1, optim.steps), checkpoint_every=
-                       max(1, optim.steps // 4), tensorboard=meta.tensorboard,
-                       cache_dir=meta.cache_dir, demos=demos)
+                       max(1, optim.steps // 4), keep_checkpoints=meta.keep_checkpoints,
+                       tensorboard=meta.tensorboard, cache_dir=meta.cache_dir, demos=demos)
 
 
 def meta_examples(config: MetaTrainConfig) -> int:
