@@ -175,12 +175,12 @@ def _run_domain(config: BenchmarkConfig, target: Task, others: list[Task], cells
         if method in config.methods:
             start = starts["metaicl" if method == "metaicl" else "finetune"]
             _evaluate_in_context(config, method, start, target, cells)
-    seed = config.seeds[0]
-    if "zero_shot" in config.methods and not cells.has(target.name, "zero_shot", 0, seed):
-        starts["finetune"].use_corpus(target.corpus, language=target.language)
-        with cells.cell(target.name, "zero_shot", 0, seed) as add:
-            add(_record(target, "zero_shot", 0, 0, seed, None,
-                        _score(starts["finetune"], target, config)))
+    if "zero_shot" in config.methods:
+        for _, seed in cells.todo(target.name, "zero_shot"):
+            starts["finetune"].use_corpus(target.corpus, language=target.language)
+            with cells.cell(target.name, "zero_shot", 0, seed) as add:
+                add(_record(target, "zero_shot", 0, 0, seed, None,
+                            _score(starts["finetune"], target, config)))
 
 
 class CellStore:
@@ -261,17 +261,18 @@ class CellStore:
     def todo(self, held_out: str, method: str) -> list[tuple[int, int]]:
         """The (shots, seed) cells of one method still to score (0 shots: one seed)."""
         config = self.config
-        # In-context at 0 shots is zero-shot; X+in_context at 0 shots is X.
-        unadapted = 0 in config.shots and method != "in_context" and DEMOS not in method
-        cells = [(0, config.seeds[0])] if unadapted else []
-        cells += [(shots, seed) for shots in config.shots if shots > 0 for seed in config.seeds]
+        if method == "zero_shot":  # the floor every shots table shows
+            cells = [(0, config.seeds[0])]
+        else:
+            # In-context at 0 shots is zero-shot; X+in_context at 0 shots is X.
+            unadapted = 0 in config.shots and method != "in_context" and DEMOS not in method
+            cells = [(0, config.seeds[0])] if unadapted else []
+            cells += [(shots, seed) for shots in config.shots if shots > 0
+                      for seed in config.seeds]
         return [c for c in cells if not self.has(held_out, method, *c)]
 
     def done_for(self, held_out: str) -> bool:
-        methods = [m for m in self.config.methods if m != "zero_shot"]
-        return (all(not self.todo(held_out, m) for m in methods)
-                and ("zero_shot" not in self.config.methods
-                     or self.has(held_out, "zero_shot", 0, self.config.seeds[0])))
+        return all(not self.todo(held_out, m) for m in self.config.methods)
 
     def stage(self, name: str) -> None:
         """A stage (training a starting point) just ended: its wall time is the time since
@@ -479,7 +480,7 @@ def _evaluate_adapted(config: BenchmarkConfig, method: str, wanted: list[str],
                         add(_record(task, name, shots, steps, seed, lr, scores, config,
                                     curve=steps != config.adapt.steps))
                 else:
-                    with swapped_params(start.model, adapted), _demos(start, support):
+                    with swapped_params(start.model, adapted), start.model.demos_while(support):
                         add(_record(task, name, shots, config.adapt.steps, seed, lr,
                                     _score(start, task, config), config))
         logger.info("%s %s shots=%d seed=%d lr=%g (%.0f s)", task.name, "/".join(wanted), shots,
@@ -496,21 +497,11 @@ def _evaluate_in_context(config: BenchmarkConfig, method: str, start: BuiltModel
     start.use_corpus(task.corpus, language=task.language)
     for shots, seed in cells.todo(task.name, method):
         with cells.cell(task.name, method, shots, seed) as add, \
-                _demos(start, _support(task, shots, seed)):
+                start.model.demos_while(_support(task, shots, seed)):
             scores = _score(start, task, config)
             add(_record(task, method, shots, 0, seed, None, scores))
         logger.info("%s %s shots=%d seed=%d: F1 %.1f", task.name, method, shots, seed,
                     scores.get("f1") or 0.0)
-
-
-@contextmanager
-def _demos(built: BuiltModel, examples: list[QAExample]):
-    """The examples as demos in every prompt of ``built`` while the block runs."""
-    built.model.use_demos(examples)
-    try:
-        yield
-    finally:
-        built.model.demos = ()
 
 
 def _support(task: Task, shots: int, seed: int) -> list[QAExample]:

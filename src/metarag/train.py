@@ -192,9 +192,8 @@ def train(config: TrainConfig, *, resume: bool = False, tasks: list[Task] | None
         t, batch = batch_for_step(tasks, step, optim.batch_size, config.seed)
         task = tasks[t]
         model.set_corpus(task.corpus, corpora[task.name])
-        model.use_demos(demos_for_step(task, batch, step, config.demos, config.seed))
-        loss = model([e.question for e in batch], [e.answers[0] for e in batch]).loss
-        model.demos = ()
+        with model.demos_while(demos_for_step(task, batch, step, config.demos, config.seed)):
+            loss = model([e.question for e in batch], [e.answers[0] for e in batch]).loss
         loss_value = loss.item()
         if not math.isfinite(loss_value):
             run.skip(step, f"loss is {loss_value}", task=task.name, loss=loss_value)
@@ -239,12 +238,11 @@ def dev_losses(built: BuiltModel, tasks: list[Task], corpora: dict[str, Any],
         if not examples:
             continue
         model.set_corpus(task.corpus, corpora[task.name])
-        model.use_demos(task.train[:config.demos] if config.demos else [])
         total = 0.0
-        for i in range(0, len(examples), config.optim.batch_size):
-            chunk = examples[i:i + config.optim.batch_size]
-            total += model([e.question for e in chunk], [e.answers[0] for e in chunk]
-                           ).loss.item() * len(chunk)
+        with model.demos_while(task.train[:config.demos]):
+            for i in range(0, len(examples), config.optim.batch_size):
+                chunk = examples[i:i + config.optim.batch_size]
+                total += model([e.question for e in chunk], [e.answers[0] for e in chunk]
+                               ).loss.item() * len(chunk)
         losses[task.name] = total / len(examples)
-    model.demos = ()
     return losses

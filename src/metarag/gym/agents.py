@@ -186,12 +186,9 @@ class AdaptedRAGAgent(RAGAgent):
         support = info["support_examples"]
         # Adapt on plain prompts (no demos: an example must not see its own answer), then
         # answer with the demos `RAGAgent.reset` chose, as the benchmark's X+in_context does.
-        demos, self.built.model.demos = self.built.model.demos, ()
-        try:
+        with self.built.model.demos_while(()):
             self.adapted = (adapt_params(self.built.model, support, self.config,
                                          learned_lrs=self.learned_lrs) if support else {})
-        finally:
-            self.built.model.demos = demos
 
     def act(self, observation: Observation, info: Info) -> str:
         from metarag.meta.adapt import swapped_params

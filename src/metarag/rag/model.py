@@ -15,7 +15,8 @@ runs it with any parameter dict.
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -486,6 +487,16 @@ class RAGModel(nn.Module):
                                 passage_as_context(c) if c is not None else "")
                            for ex, c in zip(examples, context))
         return self.demos
+
+    @contextmanager
+    def demos_while(self, examples: Sequence[Any], k: int | None = None
+                    ) -> Iterator[tuple[Demo, ...]]:
+        """`use_demos` for the length of a block; the demos from before come back after."""
+        before = self.demos
+        try:
+            yield self.use_demos(examples, k)
+        finally:
+            self.demos = before
 
     # ---- retrieval -------------------------------------------------------------------
 

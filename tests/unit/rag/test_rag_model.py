@@ -185,3 +185,19 @@ def test_a_kept_corpus_state_comes_back_without_re_embedding(model):
     model.set_corpus(other, None)
     model.restore_corpus(sparse)
     assert model.retrieve(["Tessaly lease termination clause"], k=1)[1].tolist() == [[3]]
+
+
+def test_demos_while_puts_the_demos_back_even_on_error(model):
+    from metarag.data.schema import QAExample
+
+    first = QAExample("e1", "How much Zorblat?", ("250 mg",), ("p0",))
+    second = QAExample("e2", "When did the Quillon bridge open?", ("3 May 1911",), ("p1",))
+    outer = model.use_demos([first])
+    with model.demos_while([second]) as inner:
+        assert model.demos == inner and inner[0].answer == "3 May 1911"
+        assert inner[0].context.endswith("1911.")  # its gold passage
+    assert model.demos == outer
+    with pytest.raises(RuntimeError), model.demos_while([]):
+        assert model.demos == ()
+        raise RuntimeError
+    assert model.demos == outer
