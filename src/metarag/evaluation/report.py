@@ -116,11 +116,11 @@ class Criteria:
     margin: float = 2.0
 
 
-def _best(results: Results, candidates: Sequence[str], shots: int) -> str | None:
-    """The candidate with the highest pooled primary-metric mean at `shots`, if any."""
-    table = summarize(results, summary.primary_metric(results))
+def _ranked(table: dict[tuple[str, int], Summary], candidates: Sequence[str],
+            shots: int) -> list[str]:
+    """The candidates scored at `shots` in `table`, the highest pooled mean first."""
     scored = [(table[(m, shots)].pooled.mean, m) for m in candidates if (m, shots) in table]
-    return max(scored)[1] if scored else None
+    return [m for _, m in sorted(scored, reverse=True)]
 
 
 @dataclass(frozen=True)
@@ -149,17 +149,18 @@ def _claim(results: Results, text: str, rule: str, a: tuple[str, int], b: tuple[
 def check_claims(results: Results, criteria: Criteria = Criteria()) -> list[Claim]:
     """Test both claims of `criteria` on the primary metric."""
     c = criteria
-    label = metric_label(summary.primary_metric(results))
-    candidates = [m for m in META_METHODS if (m, c.shots) in summarize(
-        results, summary.primary_metric(results))]
-    method = c.method or _best(results, META_METHODS, c.shots) or summary.methods(results)[0]
+    metric = summary.primary_metric(results)
+    label = metric_label(metric)
+    table = summarize(results, metric)
+    metas, baselines = (_ranked(table, META_METHODS, c.shots),
+                        _ranked(table, BASELINES, c.shots))
+    method = c.method or (metas[0] if metas else summary.methods(results)[0])
     # Picking the best of m methods on the same records, then testing it, is m chances to
     # win: the interval is Bonferroni-widened to 1 - 0.05/m (m = 1: the plain 95%).
-    picked = 1 if c.method else max(1, len(candidates))
+    picked = 1 if c.method else max(1, len(metas))
     confidence = 1 - 0.05 / picked
-    baseline = c.baseline or _best(results, BASELINES, c.shots)
-    best = " (the best baseline there)" if baseline and not c.baseline else ""
-    baseline = baseline or c.reference
+    baseline = c.baseline or (baselines[0] if baselines else c.reference)
+    best = " (the best baseline there)" if baselines and not c.baseline else ""
     chosen = f" (the best of {picked} meta-learned methods)" if picked > 1 else ""
     ci = f"the {100 * confidence:.1f}% CI" if picked > 1 else "the 95% CI"
     return [
