@@ -65,6 +65,7 @@ from metarag.generation.likelihood import (  # noqa: F401 (re-exported)
     sequence_log_likelihood,
     token_nll,
 )
+from metarag.generation.precision import autocast, check_precision, resolve_dtype
 from metarag.generation.prompt import CAUSAL_ANSWER_CUE, Source, causal_prompt
 
 logger = logging.getLogger(__name__)
@@ -133,6 +134,9 @@ class Generator(nn.Module):
         # What the weights were loaded from ("sha256:..." of the GGUF or weight files;
         # "tiny:<arch>:seed=<n>" for a tiny model); small checkpoints record it.
         self.base_identity: str | None = None
+        # "auto", "float32" or "bfloat16" matrix products (`metarag.generation.precision`);
+        # build_model sets it from ModelConfig.precision.
+        self.precision = "auto"
         self._keeps_logits = "logits_to_keep" in inspect.signature(model.forward).parameters
         self.max_source_length, self.max_target_length = self._fit_lengths(
             max_source_length, max_target_length)
@@ -295,6 +299,26 @@ class Generator(nn.Module):
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
+    @property
+    def compute_dtype(self) -> torch.dtype:
+        """The dtype of this generator's matrix products, from :attr:`precision`.
+
+        ``"auto"`` is bfloat16 for a decoder-only LM of real width (hidden size >= 256:
+        Gemma, made for bfloat16) where the hardware multiplies bfloat16 natively;
+        float32 otherwise: the BERT kinds, and tiny test models (width 32), whose
+        tests compare results exactly and whose speed does not depend on it.
+        """
+        width = getattr(self.model.config, "hidden_size", 0) or 0
+        real_lm = self.kind == "causal" and width >= 256
+        return resolve_dtype(self.precision, self.device, auto_bf16=real_lm)
+
+    def set_precision(self, precision: str) -> None:
+        """Set :attr:`precision`: "auto", "float32" or "bfloat16"."""
+        self.precision = check_precision(precision)
+
+    def _autocast(self):
+        return autocast(self.compute_dtype, self.device)
+
     def num_parameters(self) -> int:
         """Trainable parameters, tied weights counted once."""
         return sum(p.numel() for p in self.parameters())
@@ -391,8 +415,9 @@ class Generator(nn.Module):
             # Left padding: positions count real tokens only, as in generate().
             position_ids = layers.position_ids(attention_mask)                        # (B, L)
             if prefix_states is not None:
-                logits = layers.top_logits(self.model, prefix_states, attention_mask,
-                                           from_layer, labelled)
+                with self._autocast():
+                    logits = layers.top_logits(self.model, prefix_states, attention_mask,
+                                               from_layer, labelled)
                 return labelled_log_likelihood(logits, labels)
             keep = labels.shape[1] + 1  # positions L-T-1 .. L-2 predict the last T tokens
             kwargs = {"logits_to_keep": keep} if self._keeps_logits else {}
@@ -417,7 +442,8 @@ class Generator(nn.Module):
         head = self.model.get_output_embeddings()
         handle = head.register_forward_pre_hook(select) if head is not None else None
         try:
-            logits = self.model(**inputs).logits
+            with self._autocast():
+                logits = self.model(**inputs).logits
         finally:
             if handle is not None:
                 handle.remove()
@@ -433,8 +459,9 @@ class Generator(nn.Module):
         if not self.is_encoder_decoder:
             raise ValueError(f"a {self.kind!r} generator has no separate encoder")
         encoder = self.model.get_encoder()
-        return encoder(input_ids=input_ids, attention_mask=attention_mask,
-                       return_dict=True).last_hidden_state
+        with self._autocast():
+            return encoder(input_ids=input_ids, attention_mask=attention_mask,
+                           return_dict=True).last_hidden_state
 
     # ---- the frozen prefix of a decoder-only model (`metarag.generation.layers`)
 
@@ -455,9 +482,10 @@ class Generator(nn.Module):
         """
         stack = self._layer_stack()
         layers.check_layer(stack, first_layer, "first_layer")
-        hidden = stack.embed_tokens(input_ids)                                        # (B, L, H)
-        return layers.run_layers(stack, hidden, attention_mask,
-                                 layers.position_ids(attention_mask), 0, first_layer)
+        with self._autocast():
+            hidden = stack.embed_tokens(input_ids)                                    # (B, L, H)
+            return layers.run_layers(stack, hidden, attention_mask,
+                                     layers.position_ids(attention_mask), 0, first_layer)
 
     def prefix_modules(self, first_layer: int) -> list[nn.Module]:
         """The modules :meth:`prefix_states` runs: the input embedding, then the layers below."""
@@ -538,10 +566,11 @@ class Generator(nn.Module):
                     answer_from = 0 if self.is_encoder_decoder else prompt_len
                     extra["logits_processor"] = LogitsProcessorList(
                         [NoRepeatInAnswer(no_repeat_ngram, answer_from)])
-                out = self.model.generate(**batch, max_new_tokens=max_new_tokens,
-                                          num_beams=num_beams, do_sample=False,
-                                          pad_token_id=self.pad_id,
-                                          eos_token_id=self._stop_ids, **extra)
+                with self._autocast():
+                    out = self.model.generate(**batch, max_new_tokens=max_new_tokens,
+                                              num_beams=num_beams, do_sample=False,
+                                              pad_token_id=self.pad_id,
+                                              eos_token_id=self._stop_ids, **extra)
                 if not self.is_encoder_decoder:
                     out = out[:, prompt_len:]  # the continuation only
                 chunk = sources[start:start + batch_size]

@@ -29,6 +29,7 @@ import torch
 from metarag.checkpoint import Checkpoint, CheckpointError
 from metarag.data.schema import Passage
 from metarag.generation.adapters import LoRAConfig
+from metarag.generation.precision import check_precision
 from metarag.rag.model import RAGConfig, RAGModel
 
 logger = logging.getLogger(__name__)
@@ -58,6 +59,10 @@ class ModelConfig:
         soft_prompt_tokens: Length of a trainable soft prompt put before every
             generator source (0: none); preset "soft_prompt". Counts against
             ``max_source_length``.
+        precision: The generator's matrix products: "auto" (bfloat16 for a pretrained
+            decoder-only LM where the hardware has native bfloat16, as this project's
+            CPUs do; float32 otherwise and for tiny models), "float32" or "bfloat16".
+            Weights, gradients and losses stay float32 (`metarag.generation.precision`).
     """
 
     encoder: str | None = None
@@ -69,8 +74,10 @@ class ModelConfig:
     rag: RAGConfig = field(default_factory=RAGConfig)
     lora: LoRAConfig | None = field(default_factory=LoRAConfig)
     soft_prompt_tokens: int = 0
+    precision: str = "auto"
 
     def __post_init__(self) -> None:
+        check_precision(self.precision)
         for name in ("query_max_length", "max_source_length", "max_target_length"):
             if getattr(self, name) < 8:
                 raise ValueError(f"{name} must be at least 8 tokens, got {getattr(self, name)}")
@@ -173,6 +180,7 @@ def _build(config: ModelConfig, seed: int) -> BuiltModel:
         if name is None and config.generator_kind in ("bert2bert", "bert-lm"):
             name = query.name_or_path if config.encoder is not None else None
         generator = Generator.from_pretrained(config.generator_kind, name, **lengths)
+    generator.set_precision(config.precision)
     if config.soft_prompt_tokens:
         add_soft_prompt(generator, config.soft_prompt_tokens)
     if config.lora is not None:
