@@ -87,8 +87,6 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks experiments
 
 bench: $(STAMP)
-	# higher is the peer the meta-step benchmark compares with (the "bench" extra).
-	$(PY) -c "import higher" 2>/dev/null || $(PY) -m pip install -q -c $(LOCK) "higher>=0.2.1"
 	$(PY) benchmarks/retrieval_speed.py
 	$(PY) benchmarks/meta_step.py
 	$(PY) benchmarks/adapt_latency.py

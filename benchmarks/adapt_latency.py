@@ -4,8 +4,9 @@ Run from the repository root (the figures in docs/BENCHMARKS.md):
 
     python benchmarks/adapt_latency.py --out docs/benchmarks/adapt_latency.json
 
-What is timed, on the default model (`ModelConfig()`: MiniLM retriever, BERT2BERT
-MiniLM generator) and the default adaptation (`AdaptConfig()`):
+What is timed, on the default model (`ModelConfig()`: MiniLM retriever, Gemma 3 270M
+generator with LoRA, "auto" precision) and the default adaptation (`AdaptConfig()`);
+``--k``, ``--params``/``--exclude`` and ``--precision`` change those settings:
 
 1. ``metarag.meta.adapt(built, support, corpus)`` end to end, from a cold start:
    copying the model, embedding and indexing the new domain's corpus (no
@@ -76,6 +77,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1: on a shared "
                         "machine a second thread makes ops wait for a core; 2 on a machine of "
                         "your own)")
+    parser.add_argument("--k", type=int, default=None, help="passages per question "
+                        "(default: RAGConfig's)")
+    parser.add_argument("--params", nargs="+", default=None,
+                        help="adapted parameters (default: AdaptConfig's)")
+    parser.add_argument("--exclude", nargs="*", default=None)
+    parser.add_argument("--precision", default="auto", choices=["auto", "float32", "bfloat16"])
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="docs/benchmarks/adapt_latency.json")
     args = parser.parse_args(argv)
@@ -94,6 +101,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     started = time.perf_counter()
     load = os.getloadavg()
     config = AdaptConfig()
+    if args.params is not None:
+        config.params = list(args.params)
+    if args.exclude is not None:
+        config.exclude = list(args.exclude)
     meta = {
         "command": "python benchmarks/adapt_latency.py " + " ".join(sys.argv[1:] if argv is None
                                                                    else argv),
@@ -109,7 +120,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     (task,) = synthetic_suite(seed=args.seed, n_entities=args.passages, domains=[args.domain])
     support = task.train[:args.shots]
     corpus = task.corpus
-    model_config = ModelConfig()
+    model_config = ModelConfig(precision=args.precision)
+    if args.k is not None:
+        model_config.rag.k = args.k
     start = time.perf_counter()
     built = build_model(model_config, seed=args.seed)
     built.model.eval()
@@ -160,7 +173,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "adapt_config": vars(config), "model_config": {
             "query_max_length": model_config.query_max_length,
             "max_source_length": model_config.max_source_length,
-            "max_target_length": model_config.max_target_length, "k": model_config.rag.k},
+            "max_target_length": model_config.max_target_length, "k": model_config.rag.k,
+            "precision": model_config.precision,
+            "compute_dtype": str(built.model.generator.compute_dtype)},
         "model_load_s": load_s,
         "adapt_end_to_end_s": {"median": cold_s, "runs": cold_times,
                                "aim_s": 30.0, "within_aim": cold_s <= 30.0},

@@ -458,6 +458,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    ensure_peers(args.impls)
     import torch
     import transformers
 
@@ -626,6 +627,27 @@ def sampler_hit_rate(steps: int, meta_batch: int, shots: int, queries: int, seed
                       + f" meta-steps; {out['hit_rate_steps_before'][str(marks[-1])]:.0%} in "
                       f"steps {marks[-1] - 9}-{marks[-1]}")
     return out
+
+
+# The peers this benchmark installs into its own interpreter when they are missing
+# (not in the lock file: only the benchmark needs them).
+PEERS = {"higher": "higher==0.2.1"}
+
+
+def ensure_peers(impls: list[str]) -> None:
+    import importlib
+    import subprocess
+
+    for impl in impls:
+        if impl not in PEERS:
+            continue
+        try:
+            importlib.import_module(impl)
+        except ImportError:
+            print(f"installing {PEERS[impl]} (a peer of this benchmark) ...", flush=True)
+            subprocess.run([sys.executable, "-m", "pip", "install", "-q", PEERS[impl]],
+                           check=True)
+            importlib.invalidate_caches()
 
 
 def _version(package: str) -> str | None:

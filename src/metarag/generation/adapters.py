@@ -81,12 +81,20 @@ class LoRAConfig:
             ``k_proj``, ``v_proj``, ``o_proj``; otherwise peft's (attention query and
             value: BERT ``query``/``value``, T5 ``q``/``v``, BART ``q_proj``/``v_proj``,
             GPT-2 ``c_attn``).
+        top_layers: On a decoder-only stack laid out like Gemma 3 (``model.model.layers``),
+            put LoRA in the last N blocks only (all of them when the model has fewer);
+            None for every block. Other architectures get it in every block. The
+            default, 4 of Gemma 3 270M's 18: the 14 blocks below stay the base model's,
+            so they run once per source and are cached (`metarag.rag.model.PrefixCache`)
+            while adaptation steps train the top; all-layer LoRA runs all 18 blocks
+            forward and back at every step.
     """
 
     r: int = 8
     alpha: float = 16.0
     dropout: float = 0.0
     target_modules: list[str] | None = None
+    top_layers: int | None = 4
 
     def __post_init__(self) -> None:
         if self.r < 1:
@@ -95,6 +103,9 @@ class LoRAConfig:
             raise ValueError(f"lora.alpha must be positive, got {self.alpha}")
         if not 0 <= self.dropout < 1:
             raise ValueError(f"lora.dropout must be in [0, 1), got {self.dropout}")
+        if self.top_layers is not None and self.top_layers < 1:
+            raise ValueError(f"lora.top_layers must be >= 1 or null (every layer), got "
+                             f"{self.top_layers}")
         if self.target_modules is not None and not self.target_modules:
             raise ValueError("lora.target_modules is empty: name layers (e.g. [query, value]) "
                              "or leave it null for the model type's default")
@@ -138,9 +149,11 @@ def add_lora(generator: Generator, config: LoRAConfig, *, seed: int = 0) -> list
         names = sorted({n.rsplit(".", 1)[-1] for n in linear})
         raise ValueError(f"lora.target_modules {targets} match no linear layer of the "
                          f"{type(model).__name__}; its linear layers are named {names}")
+    hit = _in_top_layers(model, hit, config.top_layers)
     peft_config = LoraConfig(
         r=config.r, lora_alpha=config.alpha, lora_dropout=config.dropout,
-        target_modules=targets, bias="none",
+        # Full module names: peft then wraps exactly these.
+        target_modules=sorted(hit), bias="none",
         # GPT-2's Conv1D stores its weight as (in, out).
         fan_in_fan_out=any(type(linear[n]).__name__ == "Conv1D" for n in hit))
     trainable = {p: p.requires_grad for p in model.parameters()}  # the same objects after
@@ -178,6 +191,22 @@ def default_lora_targets(model: nn.Module) -> list[str]:
         raise ValueError(f"no default LoRA target layers for model type {missing[0]!r}; set "
                          "lora.target_modules to the names of its attention projections")
     return list(dict.fromkeys(m for t in types for m in DEFAULTS[t]))
+
+
+def _in_top_layers(model: nn.Module, names: set[str], top: int | None) -> set[str]:
+    """The module ``names`` inside the last ``top`` blocks of a Gemma-style stack (see
+    `LoRAConfig.top_layers`); all of them for None or another architecture."""
+    from metarag.generation.layers import layer_stack
+
+    if top is None:
+        return names
+    try:
+        blocks = len(layer_stack(model).layers)
+    except ValueError:
+        return names
+    first = max(0, blocks - top)
+    prefixes = tuple(f"model.layers.{i}." for i in range(first, blocks))
+    return {n for n in names if n.startswith(prefixes)}
 
 
 def _linear_layers(model: nn.Module) -> dict[str, nn.Module]:

@@ -8,7 +8,9 @@ The adapted subset is chosen by name. A pattern is one of:
 
 - a preset name (table below);
 - ``"re:<regex>"``: a Python regular expression matched against the whole name;
-- anything else: a shell-style ``fnmatch`` pattern, e.g. ``"generator.*.crossattention.*"``.
+- anything else: a shell-style ``fnmatch`` pattern, e.g. ``"generator.*.crossattention.*"``;
+- ``"A&B"``: the names that both ``A`` and ``B`` match, e.g. ``"lora&top_layers:4"``
+  (the LoRA weights of the top 4 layers: the default adapted set on Gemma).
 
 Presets, with the names they match on a `RAGModel` whose generator is BERT2BERT
 (``EncoderDecoderModel``); T5, BART and decoder-only generators are covered too:
@@ -193,11 +195,13 @@ def select_params(model: nn.Module, include: str | Sequence[str] = ("all",),
     frozen = [n for n, p in named if not p.requires_grad]
 
     def matching(pattern: str, role: str) -> set[str]:
-        regex = _matcher(pattern, model)
-        hits = {n for n in trainable if regex.fullmatch(n)}
+        # "A&B": the names both match (e.g. "lora&top_layers:4"); a regex keeps its "&".
+        parts = [pattern] if pattern.startswith("re:") else pattern.split("&")
+        regexes = [_matcher(part, model) for part in parts]
+        hits = {n for n in trainable if all(r.fullmatch(n) for r in regexes)}
         if not hits:
             raise _no_match(pattern, role, trainable or frozen,
-                            [n for n in frozen if regex.fullmatch(n)])
+                            [n for n in frozen if all(r.fullmatch(n) for r in regexes)])
         return hits
 
     chosen = set().union(*(matching(p, "include") for p in include))

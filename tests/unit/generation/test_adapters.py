@@ -281,3 +281,20 @@ def test_gemma_defaults_lora_on_every_attention_projection(tiny_encoder_dir):
     with torch.no_grad():
         torch.testing.assert_close(built.model(SUPPORT.questions, SUPPORT.answers).loss,
                                    plain(SUPPORT.questions, SUPPORT.answers).loss)
+
+
+@pytest.mark.parametrize(("top", "blocks"), [(1, {"1"}), (2, {"0", "1"}), (9, {"0", "1"}),
+                                             (None, {"0", "1"})])
+def test_lora_top_layers_puts_adapters_in_the_last_blocks_only(top, blocks):
+    gen = Generator.tiny("gemma3")
+    add_lora(gen, LoRAConfig(top_layers=top))
+    lora = [n for n, _ in gen.named_parameters() if ".lora_" in n]
+    assert {n.split(".layers.")[1].split(".")[0] for n in lora} == blocks
+    assert len(lora) == len(blocks) * 4 * 2  # q/k/v/o x (A, B) in each block
+    # What the prefix cache can skip: the blocks below the first adapted one.
+    assert gen.frozen_layers(lora) == 2 - len(blocks)
+
+
+def test_lora_top_layers_is_checked():
+    with pytest.raises(ValueError, match="lora.top_layers must be >= 1 or null"):
+        LoRAConfig(top_layers=0)

@@ -53,3 +53,15 @@ def test_a_bad_n_is_a_clear_error(tiny_gemma_rag, pattern, message):
 def test_a_model_without_a_known_stack_is_a_clear_error():
     with pytest.raises(ValueError, match="no layer stack it knows"):
         select_params(nn.Sequential(nn.Linear(2, 2)), "top_layers:1")
+
+
+def test_an_ampersand_intersects_patterns(tiny_gemma_rag):
+    top_lora = select_params(tiny_gemma_rag, "lora&top_layers:1")
+    assert top_lora == [n for n in select_params(tiny_gemma_rag, "top_layers:1")
+                        if ".lora_" in n]
+    assert top_lora and all(".layers.1." in n for n in top_lora)
+    # Each part may be any pattern; a regex keeps a "&" of its own.
+    assert select_params(tiny_gemma_rag, "lora&re:.*q_proj.*") == [
+        n for n in select_params(tiny_gemma_rag, "lora") if "q_proj" in n]
+    with pytest.raises(ValueError, match="'lora&re:.*nothing.*' matches no parameter"):
+        select_params(tiny_gemma_rag, "lora&re:.*nothing.*")
