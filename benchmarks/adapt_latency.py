@@ -45,12 +45,13 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 
 @contextmanager
 def uncached_adaptation():
-    """Make `adapt` build its loss without the forward cache (for the comparison only)."""
+    """Make `adapt` build its loss without the forward and prefix caches (comparison only)."""
     import metarag.meta.adapt as adapt_module
     from metarag.meta.inner import rag_loss_fn
 
     original = adapt_module.rag_loss_fn
-    adapt_module.rag_loss_fn = lambda model, frozen: rag_loss_fn(model, frozen, cache_size=0)
+    adapt_module.rag_loss_fn = (lambda model, frozen, encoder_cache=None:
+                                rag_loss_fn(model, frozen, cache_size=0))
     try:
         yield
     finally:

@@ -416,6 +416,7 @@ def run_config(setup: Setup, steps: int, first_order: bool, impls: list[str], re
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     from metarag.meta.adapt import AdaptConfig
+    from metarag.rag.model import RAGConfig
 
     defaults = AdaptConfig()
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -429,7 +430,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--tasks", type=int, default=4, help="episodes per meta-batch")
     parser.add_argument("--shots", type=int, default=8, help="support examples per episode")
     parser.add_argument("--queries", type=int, default=8, help="query examples per episode")
-    parser.add_argument("--k", type=int, default=3, help="passages per question")
+    parser.add_argument("--k", type=int, default=RAGConfig().k, help="passages per question")
     # Lengths as in configs/train-synthetic.yaml.
     parser.add_argument("--query-max-length", type=int, default=48)
     parser.add_argument("--max-source-length", type=int, default=128)
