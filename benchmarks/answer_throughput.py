@@ -43,6 +43,12 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("METARAG_SHARED_DATA", REPO_ROOT.parent / "shared" / "data"))
 LLAMA_CPP = "llama-cpp-python==0.3.36"
+# llama.cpp's default build (-march=native) segfaults in its first decode on this
+# machine (AMX in a VM); the portable AVX-512 build with bf16/VNNI runs.
+LLAMA_CMAKE_ARGS = ("-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON "
+                    "-DGGML_AVX512=ON -DGGML_AVX512_VBMI=ON -DGGML_AVX512_VNNI=ON "
+                    "-DGGML_AVX512_BF16=ON -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF "
+                    "-DGGML_AMX_BF16=OFF")
 
 
 def questions(n: int) -> tuple[list, list[list[str]]]:
@@ -82,7 +88,8 @@ def ensure_llama_venv(venv: Path) -> Path:
         return python
     print(f"building {LLAMA_CPP} into {venv} (once; about 5 minutes) ...", flush=True)
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
-    subprocess.run([str(python), "-m", "pip", "install", "-q", LLAMA_CPP], check=True)
+    subprocess.run([str(python), "-m", "pip", "install", "-q", "--no-cache-dir", LLAMA_CPP],
+                   check=True, env={**os.environ, "CMAKE_ARGS": LLAMA_CMAKE_ARGS})
     return python
 
 
