@@ -90,6 +90,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/retrieval_speed.py
 	$(PY) benchmarks/meta_step.py
 	$(PY) benchmarks/adapt_latency.py
+	$(PY) benchmarks/answer_throughput.py
 	$(PY) benchmarks/serve_load.py --clients 8 --seconds 20
 
 clean:

@@ -109,7 +109,7 @@ class BenchmarkConfig:
     curve_steps: list[int] = field(default_factory=lambda: [0, 1, 2, 4, 8])
     test_examples: int = 30
     dev_examples: int = 16
-    answer_batch_size: int = 8
+    answer_batch_size: int = 24
     meta: MetaTrainConfig = field(default_factory=MetaTrainConfig)
     multitask: OptimConfig = field(default_factory=OptimConfig)
     match_budget: bool = True

@@ -37,7 +37,8 @@ def evaluate(
         help="Answer only the first N examples of each task's split (a fixed subset)."),
     k: list[int] | None = typer.Option(
         None, "-k", help="Recall cut-offs; repeat the option. Default: 1, 5, 20."),
-    batch_size: int = typer.Option(8, min=1, help="Questions answered at once."),
+    batch_size: int = typer.Option(24, min=1, help="Questions answered at once (batched "
+                                   "generation: 24 at once is 1.4x faster than 8 on Gemma)."),
     seed: int | None = typer.Option(
         None, "--seed", help="Split seed. Default: the one the checkpoint was trained with "
         "(so its test split holds no training example), else 0."),

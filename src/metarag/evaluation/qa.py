@@ -136,7 +136,7 @@ def warn_if_truncated(encoder: Any, texts: Sequence[str], what: str) -> int:
 
 
 def answer_questions(built: BuiltModel, questions: Sequence[str], *, k: int | None = None,
-                     batch_size: int = 8, show_progress: bool = False,
+                     batch_size: int = 24, show_progress: bool = False,
                      ids: Sequence[str] | None = None) -> list[Answer]:
     """Answer questions with cited passages from the model's current corpus, in batches.
 
@@ -188,7 +188,7 @@ def answer_questions(built: BuiltModel, questions: Sequence[str], *, k: int | No
 
 
 def evaluate_qa(built: BuiltModel, task: Task, *, split: str = "test",
-                max_examples: int | None = None, batch_size: int = 8,
+                max_examples: int | None = None, batch_size: int = 24,
                 ks: Sequence[int] = (1, 5, 20), show_progress: bool = False,
                 in_context: int = 0) -> QAResult:
     """Answer a task split with the model and score answers and retrieval.

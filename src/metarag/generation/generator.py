@@ -53,6 +53,7 @@ from metarag.generation.hf import (
     ENCODER_DECODER_KINDS,
     first_not_none,
     force_eager,
+    inference_attention,
     load_model,
     max_positions,
     quiet_transformers,
@@ -566,7 +567,8 @@ class Generator(nn.Module):
                     answer_from = 0 if self.is_encoder_decoder else prompt_len
                     extra["logits_processor"] = LogitsProcessorList(
                         [NoRepeatInAnswer(no_repeat_ngram, answer_from)])
-                with self._autocast():
+                # Fused attention while no gradient flows; eager again for training.
+                with self._autocast(), inference_attention(self.model):
                     out = self.model.generate(**batch, max_new_tokens=max_new_tokens,
                                               num_beams=num_beams, do_sample=False,
                                               pad_token_id=self.pad_id,

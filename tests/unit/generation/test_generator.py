@@ -301,3 +301,18 @@ def test_copied_answers_come_back_with_the_source_spelling(generators: dict[str,
     assert gen._as_text(copied, source) == "€80.4 Million"
     other = gen.tokenizer("nine tonnes", add_special_tokens=False)["input_ids"]
     assert gen._as_text(torch.tensor(other), source) == "nine tonnes"  # not a copy: decoded
+
+
+def test_generation_runs_fused_attention_and_training_stays_eager(generators) -> None:
+    """SDPA inside generate (no double backward needed there), eager before and after."""
+    gen = generators["gemma3"]
+    seen: list[str] = []
+    hook = gen.model.register_forward_pre_hook(
+        lambda module, _args: seen.append(module.config._attn_implementation))
+    try:
+        gen.generate(SOURCES, max_new_tokens=2)
+    finally:
+        hook.remove()
+    assert seen and set(seen) == {"sdpa"}
+    assert gen.model.config._attn_implementation == "eager"
+    test_models_use_eager_attention(gen)
