@@ -363,7 +363,12 @@ def checkpoint_config(checkpoint: Checkpoint) -> ModelConfig:
     if MODEL_CONFIG_KEY not in checkpoint.state:
         raise CheckpointError(f"{checkpoint.path}: state.json has no {MODEL_CONFIG_KEY!r}; "
                               "it was not written by `metarag train`")
-    return from_dict(ModelConfig, checkpoint.state[MODEL_CONFIG_KEY],
+    saved = dict(checkpoint.state[MODEL_CONFIG_KEY])
+    lora = saved.get("lora")
+    if isinstance(lora, dict) and "top_layers" not in lora:
+        # Written before LoRAConfig.top_layers existed, when LoRA went into every block.
+        saved["lora"] = {**lora, "top_layers": None}
+    return from_dict(ModelConfig, saved,
                      source=str(checkpoint.path / "state.json"), prefix=MODEL_CONFIG_KEY + ".")
 
 

@@ -16,7 +16,14 @@ from metarag.data.schema import Passage, QAExample
 from metarag.generation import Generator
 from metarag.generation.adapters import LoRAConfig, add_lora, add_soft_prompt
 from metarag.meta import Batch, inner_loop, maml_step, rag_loss_fn, select_params, split_params
-from metarag.rag.build import ModelConfig, build_model, load_trained, load_weights, model_weights
+from metarag.rag.build import (
+    ModelConfig,
+    build_model,
+    checkpoint_config,
+    load_trained,
+    load_weights,
+    model_weights,
+)
 from metarag.rag.model import RAGConfig
 
 pytest.importorskip("peft")
@@ -298,3 +305,17 @@ def test_lora_top_layers_puts_adapters_in_the_last_blocks_only(top, blocks):
 def test_lora_top_layers_is_checked():
     with pytest.raises(ValueError, match="lora.top_layers must be >= 1 or null"):
         LoRAConfig(top_layers=0)
+
+
+def test_a_checkpoint_from_before_top_layers_keeps_lora_in_every_block(tmp_path,
+                                                                          tiny_encoder_dir):
+    """Old model configs have no lora.top_layers: their LoRA was in every block."""
+    config = _config(tiny_encoder_dir, "causal", lora=LoRAConfig(top_layers=None))
+    built = _build(config)
+    saved = asdict(config)
+    del saved["lora"]["top_layers"]
+    save_checkpoint(tmp_path, 1, model=model_weights(built.model),
+                    state={"model_config": saved})
+    assert checkpoint_config(load_checkpoint(tmp_path)).lora.top_layers is None
+    loaded, _ = load_trained(str(tmp_path))  # every block's LoRA tensors find their layer
+    assert select_params(loaded.model, "lora") == select_params(built.model, "lora")
