@@ -10,7 +10,8 @@ The prompts are what `metarag evaluate` gives Gemma 3 270M with fast decoding:
 new tokens, stopping at EOS or the line end. Each engine answers the same prompts:
 
 - ``one_at_a_time/float32``: ``Generator.generate([prompt])`` per prompt in float32
-  (HF ``generate``, KV cache): the reference every ratio is taken against;
+  (HF ``generate``, KV cache): the reference every ratio is taken against (the
+  first of ``--precisions`` one at a time, float32 by default);
 - ``batched_B/P``: ``Generator.generate(prompts, batch_size=B)`` in precision P
   (`metarag.generation.precision`): left-padded batches with the KV cache, what
   ``RAGModel.answer`` runs; ``one_at_a_time/bfloat16`` likewise;
@@ -44,11 +45,21 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("METARAG_SHARED_DATA", REPO_ROOT.parent / "shared" / "data"))
 LLAMA_CPP = "llama-cpp-python==0.3.36"
 # llama.cpp's default build (-march=native) segfaults in its first decode on this
-# machine (AMX in a VM); the portable AVX-512 build with bf16/VNNI runs.
-LLAMA_CMAKE_ARGS = ("-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON "
-                    "-DGGML_AVX512=ON -DGGML_AVX512_VBMI=ON -DGGML_AVX512_VNNI=ON "
-                    "-DGGML_AVX512_BF16=ON -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF "
-                    "-DGGML_AMX_BF16=OFF")
+# machine (AMX in a VM); a build for the CPU's AVX flags without AMX runs.
+_LLAMA_FLAGS = {"avx": "AVX", "avx2": "AVX2", "fma": "FMA", "f16c": "F16C",
+                "avx512f": "AVX512", "avx512vbmi": "AVX512_VBMI",
+                "avx512_vnni": "AVX512_VNNI", "avx512_bf16": "AVX512_BF16"}
+
+
+def llama_cmake_args() -> str:
+    """CMAKE_ARGS for llama.cpp: this CPU's AVX extensions (``/proc/cpuinfo``), no AMX."""
+    try:
+        flags = set(Path("/proc/cpuinfo").read_text().split())
+    except OSError:
+        flags = set()
+    on = " ".join(f"-DGGML_{name}={'ON' if flag in flags else 'OFF'}"
+                  for flag, name in _LLAMA_FLAGS.items())
+    return f"-DGGML_NATIVE=OFF {on} -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF"
 
 
 def questions(n: int) -> tuple[list, list[list[str]]]:
@@ -89,7 +100,7 @@ def ensure_llama_venv(venv: Path) -> Path:
     print(f"building {LLAMA_CPP} into {venv} (once; about 5 minutes) ...", flush=True)
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
     subprocess.run([str(python), "-m", "pip", "install", "-q", "--no-cache-dir", LLAMA_CPP],
-                   check=True, env={**os.environ, "CMAKE_ARGS": LLAMA_CMAKE_ARGS})
+                   check=True, env={**os.environ, "CMAKE_ARGS": llama_cmake_args()})
     return python
 
 
@@ -100,8 +111,8 @@ def llama_cpp_answers(python: Path, gguf: Path, token_ids: list[list[int]], *,
     worker = Path(__file__).with_name("llama_cpp_answers.py")
     done = subprocess.run([str(python), str(worker)], input=json.dumps(job), text=True,
                           capture_output=True, check=False)
-    if done.returncode != 0:
-        sys.exit(f"llama.cpp worker failed:\n{done.stderr[-3000:]}")
+    if done.returncode != 0:  # reported in the results, not fatal to the other rows
+        return {"error": f"exit status {done.returncode}: {done.stderr[-2000:].strip()}"}
     return json.loads(done.stdout)
 
 
@@ -168,8 +179,12 @@ def main() -> None:
         done = llama_cpp_answers(llama_python, default_gguf(), token_ids,
                                  max_new_tokens=args.max_new_tokens, threads=args.threads,
                                  repeats=args.repeats)
-        times["llama_cpp"], answers["llama_cpp"] = done["seconds_all"], done["answers"]
-        llama_version = done["version"]
+        if "error" in done:
+            llama_version = done["error"]
+            print(f"llama.cpp failed, its row is left out: {done['error']}", flush=True)
+        else:
+            times["llama_cpp"], answers["llama_cpp"] = done["seconds_all"], done["answers"]
+            llama_version = done["version"]
 
     # Achieved GFLOP/s: FLOPs of the largest batched run per precision (an extra,
     # untimed run: the counter slows it), over its timed seconds.

@@ -666,8 +666,9 @@ def ensure_peers(impls: list[str]) -> None:
             importlib.import_module(impl)
         except ImportError:
             print(f"installing {PEERS[impl]} (a peer of this benchmark) ...", flush=True)
-            subprocess.run([sys.executable, "-m", "pip", "install", "-q", PEERS[impl]],
-                           check=True)
+            # --no-deps: its one dependency, torch, is the project's own (locked) one.
+            subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps",
+                            PEERS[impl]], check=True)
             importlib.invalidate_caches()
 
 

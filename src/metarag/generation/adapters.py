@@ -166,8 +166,8 @@ def add_lora(generator: Generator, config: LoRAConfig, *, seed: int = 0) -> list
     return [n for n, p in generator.named_parameters() if p not in trainable]
 
 
-# Gemma's default: every attention projection (q/k/v/o, 0.74M weights at r=8 on Gemma
-# 3 270M), where peft's table has q and v only.
+# Gemma's default: every attention projection (q/k/v/o: 0.74M weights at r=8 in all 18
+# blocks of Gemma 3 270M, 0.16M in the default top 4), where peft's table has q and v only.
 _ALL_ATTENTION = {t: ("q_proj", "k_proj", "v_proj", "o_proj")
                   for t in ("gemma", "gemma2", "gemma3_text", "gemma3")}
 
@@ -194,8 +194,9 @@ def default_lora_targets(model: nn.Module) -> list[str]:
 
 
 def _in_top_layers(model: nn.Module, names: set[str], top: int | None) -> set[str]:
-    """The module ``names`` inside the last ``top`` blocks of a Gemma-style stack (see
-    `LoRAConfig.top_layers`); all of them for None or another architecture."""
+    """The module ``names`` minus those in the blocks below the last ``top`` of a
+    Gemma-style stack (see `LoRAConfig.top_layers`); all of them for None or another
+    architecture."""
     from metarag.generation.layers import layer_stack
 
     if top is None:
@@ -205,8 +206,8 @@ def _in_top_layers(model: nn.Module, names: set[str], top: int | None) -> set[st
     except ValueError:
         return names
     first = max(0, blocks - top)
-    prefixes = tuple(f"model.layers.{i}." for i in range(first, blocks))
-    return {n for n in names if n.startswith(prefixes)}
+    below = tuple(f"model.layers.{i}." for i in range(first))
+    return {n for n in names if not n.startswith(below)}  # targets outside the blocks stay
 
 
 def _linear_layers(model: nn.Module) -> dict[str, nn.Module]:

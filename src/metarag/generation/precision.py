@@ -4,8 +4,10 @@
 weights stay float32 (LoRA and soft prompts train in float32, checkpoints hold
 float32), each product casts its inputs to bfloat16, and losses are taken in
 float32 (`metarag.generation.likelihood`). On a CPU with native bfloat16 (AMX or
-AVX512-BF16), or a CUDA GPU, that is several times faster than float32; on other
-CPUs bfloat16 is emulated and slower, which is why ``"auto"`` looks first.
+AVX512-BF16), or a CUDA GPU, its matrix products run several times faster than
+float32's (Gemma 3 270M here: batched answers 1.9x, docs/BENCHMARKS.md; one answer
+at a time is memory-bound and gains nothing); on other CPUs bfloat16 is emulated
+and slower, which is why ``"auto"`` looks first.
 """
 
 from __future__ import annotations

@@ -9,8 +9,9 @@ The adapted subset is chosen by name. A pattern is one of:
 - a preset name (table below);
 - ``"re:<regex>"``: a Python regular expression matched against the whole name;
 - anything else: a shell-style ``fnmatch`` pattern, e.g. ``"generator.*.crossattention.*"``;
-- ``"A&B"``: the names that both ``A`` and ``B`` match, e.g. ``"lora&top_layers:4"``
-  (the LoRA weights of the top 4 layers: the default adapted set on Gemma).
+- ``"A&B"``: the names that both ``A`` and ``B`` match, e.g. ``"lora&top_layers:2"``
+  (the LoRA weights of the top 2 layers). A ``re:`` part runs to the end of the
+  pattern (a regex may hold ``&``), so it goes last: ``"lora&re:.*q_proj.*"``.
 
 Presets, with the names they match on a `RAGModel` whose generator is BERT2BERT
 (``EncoderDecoderModel``); T5, BART and decoder-only generators are covered too:
@@ -195,8 +196,10 @@ def select_params(model: nn.Module, include: str | Sequence[str] = ("all",),
     frozen = [n for n, p in named if not p.requires_grad]
 
     def matching(pattern: str, role: str) -> set[str]:
-        # "A&B": the names both match (e.g. "lora&top_layers:4"); a regex keeps its "&".
-        parts = [pattern] if pattern.startswith("re:") else pattern.split("&")
+        # "A&B": the names both match (e.g. "lora&top_layers:4"). A "re:" part runs to the
+        # end of the pattern, so a regex keeps its own "&": put it last.
+        head, regex, tail = pattern.partition("re:")
+        parts = [p for p in head.split("&") if p] + ([regex + tail] if regex else [])
         regexes = [_matcher(part, model) for part in parts]
         hits = {n for n in trainable if all(r.fullmatch(n) for r in regexes)}
         if not hits:

@@ -364,10 +364,11 @@ def checkpoint_config(checkpoint: Checkpoint) -> ModelConfig:
         raise CheckpointError(f"{checkpoint.path}: state.json has no {MODEL_CONFIG_KEY!r}; "
                               "it was not written by `metarag train`")
     saved = dict(checkpoint.state[MODEL_CONFIG_KEY])
+    # Fields added since: an older checkpoint runs as it was trained.
     lora = saved.get("lora")
     if isinstance(lora, dict) and "top_layers" not in lora:
-        # Written before LoRAConfig.top_layers existed, when LoRA went into every block.
-        saved["lora"] = {**lora, "top_layers": None}
+        saved["lora"] = {**lora, "top_layers": None}  # LoRA went into every block
+    saved.setdefault("precision", "float32")
     return from_dict(ModelConfig, saved,
                      source=str(checkpoint.path / "state.json"), prefix=MODEL_CONFIG_KEY + ".")
 

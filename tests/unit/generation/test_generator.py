@@ -316,3 +316,18 @@ def test_generation_runs_fused_attention_and_training_stays_eager(generators) ->
     assert seen and set(seen) == {"sdpa"}
     assert gen.model.config._attn_implementation == "eager"
     test_models_use_eager_attention(gen)
+
+
+def test_an_error_inside_generate_leaves_the_model_eager(generators) -> None:
+    gen = generators["gemma3"]
+
+    def fail(*_args):
+        raise RuntimeError("boom inside generate")
+
+    hook = gen.model.register_forward_pre_hook(fail)
+    try:
+        with pytest.raises(RuntimeError, match="boom inside generate"):
+            gen.generate(SOURCES, max_new_tokens=2)
+    finally:
+        hook.remove()
+    test_models_use_eager_attention(gen)

@@ -20,10 +20,10 @@ from metarag.rag.build import BASE_KEY, ModelConfig, base_record, build_model, m
 peft = pytest.importorskip("peft")
 
 
-def _built(encoder_dir, **overrides):
+def _built(encoder_dir, lora=None, **overrides):
     config = ModelConfig(encoder=str(encoder_dir), generator="tiny", generator_kind="causal",
-                         lora=LoRAConfig(r=2), max_source_length=48, max_target_length=12,
-                         **overrides)
+                         lora=lora or LoRAConfig(r=2), max_source_length=48,
+                         max_target_length=12, **overrides)
     built = build_model(config)
     own = dict(built.model.named_parameters())
     with torch.no_grad(), torch.random.fork_rng():
@@ -38,10 +38,12 @@ def _logits(model, ids):
         return model(input_ids=ids).logits
 
 
-def test_peft_loads_the_export_and_computes_what_metarag_computes(tmp_path, tiny_encoder_dir):
+@pytest.mark.parametrize("top_layers", [None, 1])
+def test_peft_loads_the_export_and_computes_what_metarag_computes(tmp_path, tiny_encoder_dir,
+                                                                  top_layers):
     from safetensors import safe_open
 
-    _, built = _built(tiny_encoder_dir)
+    _, built = _built(tiny_encoder_dir, lora=LoRAConfig(r=2, top_layers=top_layers))
     generator = built.model.generator
     out = export_peft(generator, tmp_path / "adapters")
     assert (out / CONFIG_FILE).is_file() and (out / WEIGHTS_FILE).is_file()
@@ -49,6 +51,8 @@ def test_peft_loads_the_export_and_computes_what_metarag_computes(tmp_path, tiny
         names = list(f.keys())
         assert f.metadata()["metarag_base"] == generator.base_identity
     assert names and all(n.startswith("base_model.model.") and ".lora_" in n for n in names)
+    if top_layers == 1:  # LoRA in the top block only, and peft finds it there
+        assert all(".layers.1." in n for n in names)
 
     # A fresh copy of the same base, without adapters, then peft's own loader.
     base = type(generator).tiny("causal", seed=0).model

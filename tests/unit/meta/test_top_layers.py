@@ -65,3 +65,6 @@ def test_an_ampersand_intersects_patterns(tiny_gemma_rag):
         n for n in select_params(tiny_gemma_rag, "lora") if "q_proj" in n]
     with pytest.raises(ValueError, match="'lora&re:.*nothing.*' matches no parameter"):
         select_params(tiny_gemma_rag, "lora&re:.*nothing.*")
+    # A "re:" part runs to the end: the "&" inside it belongs to the regex.
+    assert select_params(tiny_gemma_rag, "top_layers:1&re:.*(lora_A)&?.*") == [
+        n for n in top_lora if "lora_A" in n]
