@@ -166,21 +166,31 @@ def _run_domain(config: BenchmarkConfig, target: Task, others: list[Task], cells
                 show_progress: bool) -> None:
     """Every cell of one held-out domain still to score (its starting points trained first)."""
     starts = _starting_points(config, target.name, others, cells, show_progress)
-    for method in _ADAPTED:
-        wanted = [m for m in (method, method + DEMOS) if m in config.methods]
-        if wanted:
-            _evaluate_adapted(config, method, wanted, starts[method], target, cells,
-                              show_progress)
-    for method in ("in_context", "metaicl"):
-        if method in config.methods:
-            start = starts["metaicl" if method == "metaicl" else "finetune"]
-            _evaluate_in_context(config, method, start, target, cells)
     if "zero_shot" in config.methods:
         for _, seed in cells.todo(target.name, "zero_shot"):
             starts["finetune"].use_corpus(target.corpus, language=target.language)
             with cells.cell(target.name, "zero_shot", 0, seed) as add:
                 add(_record(target, "zero_shot", 0, 0, seed, None,
                             _score(starts["finetune"], target, config)))
+    losses: dict[str, tuple[Params, RAGLoss]] = {}  # per adapted method, built once
+    # Shots by shots, every method: a run stopped early (they span sessions) already
+    # holds whole comparisons, the aim's shots (curve_shots) first.
+    for shots in shot_order(config):
+        for method in _ADAPTED:
+            wanted = [m for m in (method, method + DEMOS) if m in config.methods]
+            if wanted:
+                _evaluate_adapted(config, method, wanted, starts[method], target, cells,
+                                  show_progress, shots=shots, losses=losses)
+        for method in ("in_context", "metaicl"):
+            if method in config.methods:
+                start = starts["metaicl" if method == "metaicl" else "finetune"]
+                _evaluate_in_context(config, method, start, target, cells, shots=shots)
+
+
+def shot_order(config: BenchmarkConfig) -> list[int]:
+    """The order cells are scored in: 0 shots (no adaptation), ``curve_shots``, the rest."""
+    first = [s for s in (0, config.curve_shots) if s in config.shots]
+    return first + [s for s in config.shots if s not in first]
 
 
 class CellStore:
@@ -440,26 +450,34 @@ def _load_start(base: BuiltModel, run: str) -> BuiltModel:
 
 
 def _evaluate_adapted(config: BenchmarkConfig, method: str, wanted: list[str],
-                      start: BuiltModel, task: Task, cells: CellStore, show_progress: bool
-                      ) -> None:
-    """The cells of one adapted method (and of ``method+in_context``) still to score.
+                      start: BuiltModel, task: Task, cells: CellStore, show_progress: bool,
+                      *, shots: int, losses: dict[str, tuple[Params, RAGLoss]]) -> None:
+    """The cells of one adapted method (and of ``method+in_context``) at ``shots`` still
+    to score.
 
     Each (shots, seed) adapts once; the adapted weights are scored as they are and,
     for ``+in_context``, with the support set in the prompt. ``method`` gets the steps
-    curve at ``curve_shots``.
+    curve at ``curve_shots``. ``losses`` keeps each method's initial weights and loss
+    function from one call to the next.
     """
     from tqdm.auto import tqdm
 
+    todo = sorted({c for m in wanted for c in cells.todo(task.name, m) if c[0] == shots})
+    if not todo:
+        return
     start.use_corpus(task.corpus, language=task.language)
-    names = adapted_names(start.model, config.adapt)
-    # One loss function for every cell and rate: its frozen tensors stay the same objects,
-    # so what lies below the adapted weights is computed once per source (BERT2BERT's
-    # encoder outputs; Gemma's frozen-prefix states when only top layers adapt).
-    params, frozen = split_params(start.model, names)
-    init = {k: v.detach() for k, v in params.items()}
-    loss_fn = rag_loss_fn(start.model, frozen)
-    todo = sorted({c for m in wanted for c in cells.todo(task.name, m)})
-    for shots, seed in tqdm(todo, desc=f"{task.name}: {method}", disable=not show_progress):
+    if method not in losses:
+        names = adapted_names(start.model, config.adapt)
+        # One loss function for every cell and rate: its frozen tensors stay the same
+        # objects, so what lies below the adapted weights is computed once per source
+        # (BERT2BERT's encoder outputs; Gemma's frozen-prefix states when only top
+        # layers adapt).
+        params, frozen = split_params(start.model, names)
+        losses[method] = ({k: v.detach() for k, v in params.items()},
+                          rag_loss_fn(start.model, frozen))
+    init, loss_fn = losses[method]
+    for _, seed in tqdm(todo, desc=f"{task.name}: {method}, {shots} shots",
+                        disable=not show_progress):
         support = _support(task, shots, seed)
         if shots == 0:
             with cells.cell(task.name, method, 0, seed) as add:
@@ -488,14 +506,18 @@ def _evaluate_adapted(config: BenchmarkConfig, method: str, wanted: list[str],
 
 
 def _evaluate_in_context(config: BenchmarkConfig, method: str, start: BuiltModel, task: Task,
-                         cells: CellStore) -> None:
-    """In-context k-shot (``in_context``: the base; ``metaicl``: the MetaICL-trained model):
-    each cell's support set as demos in the prompts, no weight changes, no rate to pick.
+                         cells: CellStore, *, shots: int) -> None:
+    """In-context k-shot (``in_context``: the base; ``metaicl``: the MetaICL-trained model)
+    at ``shots``: each cell's support set as demos in the prompts, no weight changes, no
+    rate to pick.
 
     ``in_context`` at 0 shots is zero-shot, so it scores only k > 0.
     """
+    todo = [c for c in cells.todo(task.name, method) if c[0] == shots]
+    if not todo:
+        return
     start.use_corpus(task.corpus, language=task.language)
-    for shots, seed in cells.todo(task.name, method):
+    for _, seed in todo:
         with cells.cell(task.name, method, shots, seed) as add, \
                 start.model.demos_while(_support(task, shots, seed)):
             scores = _score(start, task, config)

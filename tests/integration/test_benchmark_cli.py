@@ -136,6 +136,9 @@ def test_benchmark_writes_results_report_and_plots(tmp_path, tiny_encoder_dir, k
     before = latest_checkpoint(bench / "synthetic_legal" / "meta")
     cells = (bench / "cells.jsonl").read_text().splitlines()
     assert len(cells) == sum(count.values())
+    # Scored shots by shots, every method: 0, then curve_shots (4), then the rest (2).
+    shots = [json.loads(c)["key"][2] for c in cells]
+    assert shots == sorted(shots, key=[0, 4, 2].index)
     result = runner.invoke(app, ["benchmark", "--config", str(path), "--set", "seeds=[0]"])
     assert result.exit_code == 0, result.output
     assert latest_checkpoint(bench / "synthetic_legal" / "meta") == before  # reused
