@@ -29,7 +29,9 @@ Each (held-out domain, method, shots, seed) cell is appended to ``out/cells.json
 as soon as it is scored, tagged with a fingerprint of the settings that decide
 its value; a re-run skips the cells it finds with the same fingerprint, so a
 killed run resumes cell by cell and a larger grid (more seeds, shots, methods or
-domains) computes only what is new. ``out/results.json`` holds this grid's cells
+domains) computes only what is new. Cells are scored shots by shots across every
+method (0 shots, then ``curve_shots``, then the rest), so a run stopped part-way
+already holds whole comparisons at the shots that matter most. ``out/results.json`` holds this grid's cells
 and the wall time of every stage; `metarag.evaluation.report` turns it into
 report.md and PNG plots. Trained starting points are kept under ``out/<domain>/``
 and reused (or resumed) when the benchmark is run again with the same training
