@@ -55,7 +55,8 @@ class ModelConfig:
         rag: Retrieval and fusion settings.
         lora: LoRA adapters injected into the generator (None: none); the inner loop
             adapts them with the params preset "lora" (`metarag.generation.adapters`).
-            The default: rank 8 on Gemma's q/k/v/o attention projections.
+            The default: rank 8 on Gemma's q/k/v/o attention projections in its top 4
+            blocks (``LoRAConfig.top_layers``).
         soft_prompt_tokens: Length of a trainable soft prompt put before every
             generator source (0: none); preset "soft_prompt". Counts against
             ``max_source_length``.
