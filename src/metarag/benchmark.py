@@ -31,7 +31,8 @@ its value; a re-run skips the cells it finds with the same fingerprint, so a
 killed run resumes cell by cell and a larger grid (more seeds, shots, methods or
 domains) computes only what is new. Cells are scored shots by shots across every
 method (0 shots, then ``curve_shots``, then the rest), so a run stopped part-way
-already holds whole comparisons at the shots that matter most. ``out/results.json`` holds this grid's cells
+already holds whole comparisons at the shots that matter most.
+``out/results.json`` holds this grid's cells
 and the wall time of every stage; `metarag.evaluation.report` turns it into
 report.md and PNG plots. Trained starting points are kept under ``out/<domain>/``
 and reused (or resumed) when the benchmark is run again with the same training
@@ -270,8 +271,10 @@ class CellStore:
     def has(self, held_out: str, method: str, shots: int, seed: int) -> bool:
         return self._key(held_out, method, shots, seed) in self.cells
 
-    def todo(self, held_out: str, method: str) -> list[tuple[int, int]]:
-        """The (shots, seed) cells of one method still to score (0 shots: one seed)."""
+    def todo(self, held_out: str, method: str, shots: int | None = None
+             ) -> list[tuple[int, int]]:
+        """The (shots, seed) cells of one method still to score (0 shots: one seed), at
+        ``shots`` only when given."""
         config = self.config
         if method == "zero_shot":  # the floor every shots table shows
             cells = [(0, config.seeds[0])]
@@ -281,7 +284,8 @@ class CellStore:
             cells = [(0, config.seeds[0])] if unadapted else []
             cells += [(shots, seed) for shots in config.shots if shots > 0
                       for seed in config.seeds]
-        return [c for c in cells if not self.has(held_out, method, *c)]
+        return [c for c in cells if not self.has(held_out, method, *c)
+                and shots in (None, c[0])]
 
     def done_for(self, held_out: str) -> bool:
         return all(not self.todo(held_out, m) for m in self.config.methods)
@@ -464,7 +468,7 @@ def _evaluate_adapted(config: BenchmarkConfig, method: str, wanted: list[str],
     """
     from tqdm.auto import tqdm
 
-    todo = sorted({c for m in wanted for c in cells.todo(task.name, m) if c[0] == shots})
+    todo = sorted({c for m in wanted for c in cells.todo(task.name, m, shots)})
     if not todo:
         return
     start.use_corpus(task.corpus, language=task.language)
@@ -515,7 +519,7 @@ def _evaluate_in_context(config: BenchmarkConfig, method: str, start: BuiltModel
 
     ``in_context`` at 0 shots is zero-shot, so it scores only k > 0.
     """
-    todo = [c for c in cells.todo(task.name, method) if c[0] == shots]
+    todo = cells.todo(task.name, method, shots)
     if not todo:
         return
     start.use_corpus(task.corpus, language=task.language)
