@@ -20,7 +20,11 @@ of a pretrained LM tries first), ``metaicl`` (MetaICL: multi-task training with
 examples in the prompt at test time, no weight changes) and ``zero_shot`` (base,
 no adaptation). ``X+in_context`` for an adapted method X is X adapted on the
 support set that also sees it in its prompts (the same adapted weights as X's
-cell): what a user of a meta-learned model runs. At 0 shots a method is its
+cell): what a user of a meta-learned model runs. Two methods adapt as they are
+asked, with the support set in every prompt (`AdaptConfig.in_context`):
+``meta_in_context`` (MAML over MetaICL-style episodes: meta-trained with each
+episode's support set in its prompts) and ``metaicl_finetune`` (the MetaICL
+model, adapted so). At 0 shots a method is its
 starting point, unadapted: deterministic, so it is scored once (one record, no
 interval), not once per seed. A steps curve (score against adaptation steps at
 ``curve_shots``) comes from snapshots of the same runs.
@@ -49,7 +53,7 @@ import logging
 import os
 import random
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -69,11 +73,17 @@ from metarag.train import OptimConfig, TrainConfig, train
 
 logger = logging.getLogger(__name__)
 
-_ADAPTED = ("meta", "multitask_finetune", "finetune")  # a starting point + adaptation
+# A starting point + adaptation: method -> (its starting point, adapts and answers with the
+# support set in its prompts).
+_ADAPTED = {"meta": ("meta", False), "meta_in_context": ("meta_in_context", True),
+            "metaicl_finetune": ("metaicl", True),
+            "multitask_finetune": ("multitask_finetune", False), "finetune": ("finetune", False)}
 DEMOS = "+in_context"  # X+in_context: X's adapted weights, the support set in the prompt
-METHODS = ("meta", "meta+in_context", "metaicl", "multitask_finetune",
-           "multitask_finetune+in_context", "finetune", "finetune+in_context", "in_context",
-           "zero_shot")
+METHODS = ("meta", "meta+in_context", "meta_in_context", "metaicl", "metaicl_finetune",
+           "multitask_finetune", "multitask_finetune+in_context", "finetune",
+           "finetune+in_context", "in_context", "zero_shot")
+# At 0 shots these are another method's cell (in_context: zero_shot; metaicl_finetune: metaicl).
+_NO_ZERO_SHOT = ("in_context", "metaicl_finetune")
 METRICS = ["rougeL", "f1", "exact_match", "bleu", "meteor", "rouge1", "rouge2", "recall@5"]
 
 
@@ -127,6 +137,9 @@ class BenchmarkConfig:
             raise ValueError("seeds, shots and lr_grid must not be empty")
         if min(self.shots) < 0 or self.test_examples < 1 or self.answer_batch_size < 1:
             raise ValueError("shots must be >= 0, test_examples and answer_batch_size >= 1")
+        if self.adapt.in_context or self.meta.inner.in_context:
+            raise ValueError("adapt.in_context and meta.inner.in_context are set per method "
+                             "here: add meta_in_context or metaicl_finetune to methods instead")
 
 
 class BenchmarkError(MetaRAGError, RuntimeError):
@@ -179,11 +192,12 @@ def _run_domain(config: BenchmarkConfig, target: Task, others: list[Task], cells
     # Shots by shots, every method: a run stopped early (they span sessions) already
     # holds whole comparisons, the aim's shots (curve_shots) first.
     for shots in shot_order(config):
-        for method in _ADAPTED:
+        for method, (start, in_context) in _ADAPTED.items():
             wanted = [m for m in (method, method + DEMOS) if m in config.methods]
             if wanted:
-                _evaluate_adapted(config, method, wanted, starts[method], target, cells,
-                                  show_progress, shots=shots, losses=losses)
+                _evaluate_adapted(config, method, wanted, starts[start], target, cells,
+                                  show_progress, shots=shots, losses=losses,
+                                  in_context=in_context)
         for method in ("in_context", "metaicl"):
             if method in config.methods:
                 start = starts["metaicl" if method == "metaicl" else "finetune"]
@@ -221,7 +235,8 @@ class CellStore:
         self.out, self.config, self.path = out, config, out / "cells.jsonl"
         settings = {k: v for k, v in _flat(to_dict(config)).items()
                     if k.split(".")[0] not in self._SELECTION
-                    and k.split(".")[-1] not in _BOOKKEEPING}
+                    and k.split(".")[-1] not in _BOOKKEEPING
+                    and not (k in _ADDED_LATER and v == _ADDED_LATER[k])}
         self.fingerprint = hashlib.sha256(
             json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
         self.cells: dict[tuple, dict[str, Any]] = {}
@@ -279,8 +294,8 @@ class CellStore:
         if method == "zero_shot":  # the floor every shots table shows
             cells = [(0, config.seeds[0])]
         else:
-            # In-context at 0 shots is zero-shot; X+in_context at 0 shots is X.
-            unadapted = 0 in config.shots and method != "in_context" and DEMOS not in method
+            # X+in_context at 0 shots is X; see _NO_ZERO_SHOT for the others.
+            unadapted = 0 in config.shots and method not in _NO_ZERO_SHOT and DEMOS not in method
             cells = [(0, config.seeds[0])] if unadapted else []
             cells += [(shots, seed) for shots in config.shots if shots > 0
                       for seed in config.seeds]
@@ -362,14 +377,16 @@ def _starting_points(config: BenchmarkConfig, held_out: str, others: list[Task],
     starts = {"finetune": base}
     wanted = {m.split("+")[0] for m in config.methods}
     runs: dict[str, tuple[Any, Any, int]] = {}
-    if "meta" in wanted:
-        meta_cfg = copy.deepcopy(config.meta)
-        meta_cfg.out = str(root / "meta")
-        runs["meta"] = (meta_train, meta_cfg, meta_cfg.meta.steps)
+    for method in ("meta", "meta_in_context"):
+        if method in wanted:
+            meta_cfg = copy.deepcopy(config.meta)
+            meta_cfg.out = str(root / method)
+            meta_cfg.inner.in_context = method == "meta_in_context"
+            runs[method] = (meta_train, meta_cfg, meta_cfg.meta.steps)
     if "multitask_finetune" in wanted:
         mt_cfg = _multitask_config(config, root / "multitask")
         runs["multitask_finetune"] = (train, mt_cfg, mt_cfg.optim.steps)
-    if "metaicl" in wanted:
+    if "metaicl" in wanted or "metaicl_finetune" in wanted:
         icl_cfg = _multitask_config(config, root / "metaicl", demos=config.metaicl_demos)
         runs["metaicl"] = (train, icl_cfg, icl_cfg.optim.steps)
     for method, (fn, cfg, steps) in runs.items():
@@ -398,6 +415,10 @@ def meta_examples(config: MetaTrainConfig) -> int:
     m = config.meta
     return m.steps * m.meta_batch * (max(1, config.inner.steps) * m.n_shot + m.n_query)
 
+
+# Settings added after cells were written, at the value those cells ran with: left out of
+# the fingerprint at that value, so that the cells stay valid.
+_ADDED_LATER = {"adapt.in_context": False, "meta.inner.in_context": False}
 
 # Settings that do not change what a run learns: a run differing only in these is reused.
 _BOOKKEEPING = {"out", "cache_dir", "tensorboard", "log_every", "checkpoint_every",
@@ -457,14 +478,16 @@ def _load_start(base: BuiltModel, run: str) -> BuiltModel:
 
 def _evaluate_adapted(config: BenchmarkConfig, method: str, wanted: list[str],
                       start: BuiltModel, task: Task, cells: CellStore, show_progress: bool,
-                      *, shots: int, losses: dict[str, tuple[Params, RAGLoss]]) -> None:
+                      *, shots: int, losses: dict[str, tuple[Params, RAGLoss]],
+                      in_context: bool = False) -> None:
     """The cells of one adapted method (and of ``method+in_context``) at ``shots`` still
     to score.
 
     Each (shots, seed) adapts once; the adapted weights are scored as they are and,
-    for ``+in_context``, with the support set in the prompt. ``method`` gets the steps
-    curve at ``curve_shots``. ``losses`` keeps each method's initial weights and loss
-    function from one call to the next.
+    for ``+in_context``, with the support set in the prompt. ``in_context``: the
+    method adapts, picks its rate and is scored with the support set in every prompt.
+    ``method`` gets the steps curve at ``curve_shots``. ``losses`` keeps each method's
+    initial weights and loss function from one call to the next.
     """
     from tqdm.auto import tqdm
 
@@ -491,7 +514,12 @@ def _evaluate_adapted(config: BenchmarkConfig, method: str, wanted: list[str],
             continue
         curve = config.curve_steps if shots == config.curve_shots and method in wanted else []
         started = time.perf_counter()
-        lr, snapshots = _adapt_with_best_lr(config, init, loss_fn, support, task, curve)
+        # The support set in every prompt: adapting, picking the rate, answering.
+        def prompts(support=support):
+            return start.model.demos_while(support) if in_context else nullcontext()
+
+        with prompts():
+            lr, snapshots = _adapt_with_best_lr(config, init, loss_fn, support, task, curve)
         adapted = snapshots[config.adapt.steps]
         for name in wanted:
             if cells.has(task.name, name, shots, seed):
@@ -499,7 +527,7 @@ def _evaluate_adapted(config: BenchmarkConfig, method: str, wanted: list[str],
             with cells.cell(task.name, name, shots, seed) as add:
                 if name == method:
                     for steps, params in sorted(snapshots.items()):
-                        with swapped_params(start.model, params):
+                        with swapped_params(start.model, params), prompts():
                             scores = _score(start, task, config)
                         add(_record(task, name, shots, steps, seed, lr, scores, config,
                                     curve=steps != config.adapt.steps))

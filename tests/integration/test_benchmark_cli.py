@@ -106,22 +106,25 @@ def test_benchmark_writes_results_report_and_plots(tmp_path, tiny_encoder_dir, k
     main = [r for r in records if not r.get("curve")]
     count = {m: sum(r["method"] == m for r in main) for m in results["methods"]}
     # Adapted methods and MetaICL: 2 shots x 2 seeds + 1 unadapted; their +in_context
-    # variants and in-context: 2 shots x 2 seeds (0 shots is the method itself); zero-shot once.
-    assert count == {"meta": 5, "meta+in_context": 4, "metaicl": 5, "multitask_finetune": 5,
+    # variants, in-context and MetaICL + fine-tune: 2 shots x 2 seeds (0 shots is another
+    # method's cell); zero-shot once.
+    assert count == {"meta": 5, "meta+in_context": 4, "meta_in_context": 5, "metaicl": 5,
+                     "metaicl_finetune": 4, "multitask_finetune": 5,
                      "multitask_finetune+in_context": 4, "finetune": 5,
                      "finetune+in_context": 4, "in_context": 4, "zero_shot": 1}
     assert {r["shots"] for r in main if r["method"] == "in_context"} == {2, 4}
     curve = [r for r in records if r.get("curve")]
     assert {(r["method"], r["shots"], r["steps"]) for r in curve} == {
-        (m, 4, s) for m in ("meta", "multitask_finetune", "finetune") for s in (0, 1)}
+        (m, 4, s) for m in ("meta", "meta_in_context", "metaicl_finetune", "multitask_finetune",
+                            "finetune") for s in (0, 1)}
     adapted = [r for r in main if r["shots"] > 0 and r["lr"] is not None]
     assert all(r["lr"] in (0.01, 0.03) and r["lr_at_edge"] for r in adapted)  # 2-rate grid
     # X+in_context scores X's adapted weights: the same rate as X's cell.
     lr = {(r["method"], r["shots"], r["seed"]): r["lr"] for r in main}
     assert all(lr[("meta+in_context", s, seed)] == lr[("meta", s, seed)]
                for s in (2, 4) for seed in (0, 1))
-    assert set(results["stages"]) == {f"synthetic/legal/train {m}"
-                                      for m in ("meta", "multitask_finetune", "metaicl")}
+    assert set(results["stages"]) == {f"synthetic/legal/train {m}" for m in (
+        "meta", "meta_in_context", "multitask_finetune", "metaicl")}
     assert all(0 <= r["scores"]["rougeL"] <= 100 for r in records)
     assert "ROUGE-L" in result.output and "meta" in result.output
     for name in ("report.md", "score_vs_shots.png", "score_vs_steps.png"):
@@ -133,6 +136,8 @@ def test_benchmark_writes_results_report_and_plots(tmp_path, tiny_encoder_dir, k
     assert multitask["step"] == 2 * 2 * (1 * 2 + 2) / 2
     metaicl = load_checkpoint(bench / "synthetic_legal" / "metaicl").state
     assert metaicl["step"] == multitask["step"] and metaicl["config"]["demos"] == 4
+    meta_icl = load_checkpoint(bench / "synthetic_legal" / "meta_in_context").state
+    assert meta_icl["step"] == 2 and meta_icl["config"]["inner"]["in_context"] is True
     before = latest_checkpoint(bench / "synthetic_legal" / "meta")
     cells = (bench / "cells.jsonl").read_text().splitlines()
     assert len(cells) == sum(count.values())
@@ -151,7 +156,7 @@ def test_benchmark_writes_results_report_and_plots(tmp_path, tiny_encoder_dir, k
     assert (bench / "cells.jsonl").read_text().splitlines() == cells
     zero = [r for r in json.loads((bench / "results.json").read_text())["records"]
             if r["shots"] == 0]
-    assert len(zero) == 5  # meta, metaicl, multitask_finetune, finetune, zero_shot
+    assert len(zero) == 6  # meta, meta_in_context, metaicl, multitask_finetune, finetune, zero_shot
     # A run killed mid-cell: the cut line and the cells after it are redone, the rest kept.
     (bench / "cells.jsonl").write_text("\n".join(cells[:10]) + "\n" + cells[10][:25])
     result = runner.invoke(app, ["benchmark", "--config", str(path)])

@@ -206,3 +206,39 @@ def test_adapt_with_learned_rates_matches_the_scalar_rule(tiny_encoder_dir, task
     for k in names:
         torch.testing.assert_close(constant[k], scalar[k], rtol=1e-5, atol=1e-7, msg=k)
         torch.testing.assert_close(frozen[k], own[k].detach(), rtol=0, atol=0, msg=k)
+
+
+def test_in_context_adaptation_adapts_and_answers_with_the_support_set(tiny_encoder_dir, tasks):
+    """`AdaptConfig.in_context`: other adapted weights than without demos, and the adapted
+    model keeps the support set as its demos; the starting model keeps none."""
+    from metarag.config import from_dict
+
+    built = build_model(from_dict(ModelConfig, tiny_model(
+        "causal", encoder=str(tiny_encoder_dir), max_source_length=512, max_target_length=12)))
+    task = tasks[2]
+    built.use_corpus(task.corpus)
+    support = task.train[:4]
+    config = AdaptConfig(steps=2, lr=5e-2, params=ADAPTED["causal"], batch_size=2)
+    plain = adapt_params(built.model, support, config)
+    config.in_context = True
+    in_context = adapt_params(built.model, support, config)
+    assert built.model.demos == ()
+    assert any(not torch.allclose(plain[k], in_context[k]) for k in plain)
+    adapted = adapt(built, support, config=config)
+    assert [d.question for d in adapted.model.demos] == [e.question for e in support]
+    assert built.model.demos == ()
+
+
+def test_meta_training_over_in_context_episodes_learns_otherwise(tmp_path, tiny_encoder_dir,
+                                                                 tasks):
+    """``inner.in_context``: the support set in every prompt of an episode changes what is
+    learned; the run folder records it for `metarag adapt` to adapt the same way."""
+    plain = _config(tmp_path / "plain", tiny_encoder_dir, kind="causal")
+    icl = _config(tmp_path / "icl", tiny_encoder_dir, kind="causal")
+    icl.inner.in_context = True
+    for cfg in (plain, icl):
+        cfg.model.max_source_length = 512
+        meta_train(cfg, tasks=tasks, show_progress=False)
+    a, b = (load_checkpoint(tmp_path / name) for name in ("plain", "icl"))
+    assert any(not torch.equal(a.model[k], b.model[k]) for k in a.model)
+    assert b.state["config"]["inner"]["in_context"] is True

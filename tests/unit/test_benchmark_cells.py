@@ -12,3 +12,28 @@ def test_a_second_run_on_the_same_folder_is_refused_until_the_first_closes(tmp_p
         CellStore(tmp_path, config)
     first.close()
     CellStore(tmp_path, config).close()
+
+
+def test_settings_added_later_keep_older_cells_valid(tmp_path):
+    """A setting added at the value older cells ran with leaves the fingerprint as it was."""
+    import hashlib
+    import json
+
+    from metarag.benchmark import _ADDED_LATER, _BOOKKEEPING, _flat
+    from metarag.config import to_dict
+
+    config = BenchmarkConfig(out=str(tmp_path))
+    store = CellStore(tmp_path, config)
+    store.close()
+    before = {k: v for k, v in _flat(to_dict(config)).items()
+              if k.split(".")[0] not in CellStore._SELECTION
+              and k.split(".")[-1] not in _BOOKKEEPING and k not in _ADDED_LATER}
+    assert store.fingerprint == hashlib.sha256(
+        json.dumps(before, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def test_in_context_adaptation_is_chosen_by_method_not_by_setting():
+    with pytest.raises(ValueError, match="meta_in_context or metaicl_finetune"):
+        from metarag.meta.adapt import AdaptConfig
+
+        BenchmarkConfig(adapt=AdaptConfig(in_context=True))

@@ -82,12 +82,18 @@ class Source:
 
 def make_source(question: str, passages: Sequence[Passage | str] = (),
                 demos: Sequence[Demo] = ()) -> Source:
-    """A `Source` from a question, retrieved passages (best first) and demos."""
+    """A `Source` from a question, retrieved passages (best first) and demos.
+
+    A demo of the question itself is left out: a prompt never shows its own answer
+    (adapting on a support set that is also in the prompt, `AdaptConfig.in_context`).
+    """
     if isinstance(passages, str):
         raise TypeError("passages must be a sequence of passages, got a single str; "
                         "wrap it in a list: [passage]")
     contexts = tuple(c for c in (passage_as_context(p) for p in passages) if c)
-    return Source(" ".join(question.split()), contexts, tuple(demos))
+    question = " ".join(question.split())
+    return Source(question, contexts,
+                  tuple(d for d in demos if " ".join(d.question.split()) != question))
 
 
 def passage_as_context(passage: Passage | str) -> str:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 
 import torch
@@ -40,6 +40,11 @@ class AdaptConfig:
             a few examples only overfit them).
         batch_size: Support examples per step; the steps cycle through the support
             set in order. None: the whole support set at every step.
+        in_context: Adapt as the model will be asked: with the support set as
+            in-context examples in every prompt (as many as fit; an example's own
+            left out), and answer with them (`adapt` keeps them on the model). In
+            meta-training (``MetaTrainConfig.inner``), every prompt of an episode
+            holds its support set: MAML over MetaICL-style episodes.
     """
 
     steps: int = 8
@@ -47,6 +52,7 @@ class AdaptConfig:
     params: list[str] = field(default_factory=lambda: ["lora"])
     exclude: list[str] = field(default_factory=lambda: ["embeddings"])
     batch_size: int | None = 16
+    in_context: bool = False
 
     def __post_init__(self) -> None:
         if self.steps < 0:
@@ -102,15 +108,18 @@ def adapt_params(model: nn.Module, support: Sequence[QAExample],
     loss_fn = rag_loss_fn(model, frozen, encoder_cache=source_cache(model, names))
     was_training = model.training
     model.eval()
+    batches = support_batches(support, config.steps, config.batch_size)
     try:
-        for step, batch in enumerate(support_batches(support, config.steps, config.batch_size)):
-            try:
-                current = inner_loop(loss_fn, current, batch, steps=1,
-                                     lr=learned_lrs if learned_lrs is not None else config.lr,
-                                     first_order=True)
-            except FloatingPointError as err:
-                raise type(err)(f"adaptation step {step + 1} of {config.steps}: {err}") from None
-            current = {k: v.detach() for k, v in current.items()}
+        with model.demos_while(support) if config.in_context else nullcontext():
+            for step, batch in enumerate(batches):
+                try:
+                    current = inner_loop(loss_fn, current, batch, steps=1,
+                                         lr=learned_lrs if learned_lrs is not None else config.lr,
+                                         first_order=True)
+                except FloatingPointError as err:
+                    raise type(err)(f"adaptation step {step + 1} of {config.steps}: {err}"
+                                    ) from None
+                current = {k: v.detach() for k, v in current.items()}
     finally:
         model.train(was_training)
     return current
@@ -157,7 +166,8 @@ def adapt(built: BuiltModel, support: Sequence[QAExample],
 
     Returns:
         A new `BuiltModel` with its own copy of the RAG model (adapted, in eval
-        mode), sharing the frozen passage encoder.
+        mode; with ``config.in_context``, the support set as its demos), sharing
+        the frozen passage encoder.
 
     Example:
         >>> adapted = adapt(built, task.train[:16], task.corpus, steps=8, lr=1e-3)
@@ -172,4 +182,6 @@ def adapt(built: BuiltModel, support: Sequence[QAExample],
     params = adapt_params(result.model, support, config, learned_lrs=learned_lrs)
     result.model.load_state_dict(params, strict=False)
     result.model.eval()
+    if config.in_context:  # asked as it adapted: the support set in every prompt
+        result.model.use_demos(support)
     return result

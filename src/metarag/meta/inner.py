@@ -86,15 +86,15 @@ class RAGLoss:
             encoder_cache = source_cache(model, [n for n, _ in model.named_parameters()
                                                  if n not in frozen])
         self.encoder_cache = encoder_cache
-        # Most recently used last; keyed by the batch's questions and answers.
-        self.caches: OrderedDict[tuple[tuple[str, ...], tuple[str, ...]], ForwardCache] = (
-            OrderedDict())
+        # Most recently used last; keyed by the batch's questions and answers and the
+        # model's in-context examples (the same batch with demos is another prompt).
+        self.caches: OrderedDict[tuple, ForwardCache] = OrderedDict()
 
     def __call__(self, params: Params, data: Batch | Sequence[QAExample]) -> Tensor:
         batch = as_batch(data)
         extra = {}
         if self.cache_size:
-            key = (tuple(batch.questions), tuple(batch.answers))
+            key = (tuple(batch.questions), tuple(batch.answers), getattr(self.model, "demos", ()))
             cache = self.caches.pop(key, None) or ForwardCache(sources=self.encoder_cache)
             self.caches[key] = cache
             while len(self.caches) > self.cache_size:

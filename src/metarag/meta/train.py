@@ -9,6 +9,9 @@ dev support sets, score the dev query sets) -> checkpoint.
 The meta-parameters are the weights the inner loop adapts (``inner.params``);
 the rest keeps its pretrained values. Test-time adaptation (`metarag.meta.adapt`)
 uses the same ``inner`` settings, so what is meta-trained is what is adapted.
+With ``inner.in_context`` every prompt of an episode, support and query, holds
+its support set as in-context examples (MAML over MetaICL-style episodes), as
+adaptation with ``in_context`` will put them.
 
 Exact resume: episodes come from a `MetaBatchSampler` whose state is its seed
 and a counter; the checkpoint holds that, the meta-parameters (not the frozen
@@ -38,7 +41,7 @@ from torch import Tensor
 from metarag import distributed
 from metarag.checkpoint import Checkpoint
 from metarag.data.episodes import Episode, MetaBatchSampler
-from metarag.data.schema import Task
+from metarag.data.schema import QAExample, Task
 from metarag.loop import DataConfig, Run, TrainingError, lr_factor, prepare, train_only
 from metarag.meta.adapt import AdaptConfig, adapted_names
 from metarag.meta.algorithms import (
@@ -137,10 +140,12 @@ class MetaTrainResult:
 
 @dataclass(frozen=True)
 class _TaskData:
-    """An episode's support or query set together with the task whose corpus it retrieves from."""
+    """An episode's support or query set together with the task whose corpus it retrieves
+    from, and the examples its prompts hold (``inner.in_context``: the support set)."""
 
     task: str
     batch: Batch
+    demos: tuple[QAExample, ...] = ()
 
 
 class _CorpusSwitch:
@@ -171,7 +176,10 @@ def _loss_fn(model: RAGModel, frozen: Params, corpus: _CorpusSwitch, encoder_cac
 
     def loss_fn(params: Params, data: _TaskData) -> Tensor:
         corpus.use(data.task)
-        return rag_loss(params, data.batch)
+        if not data.demos:
+            return rag_loss(params, data.batch)
+        with model.demos_while(data.demos):
+            return rag_loss(params, data.batch)
 
     return loss_fn
 
@@ -183,10 +191,13 @@ class _Episode:
     task_name: str
 
 
-def _wrap(episode: Episode) -> _Episode:
+def _wrap(episode: Episode, in_context: bool = False) -> _Episode:
+    """An episode as the loss reads it; ``in_context``: its support set in every prompt, as
+    test-time adaptation with ``in_context`` will put it (an example's own demo left out)."""
     name = episode.task_name
-    return _Episode(_TaskData(name, Batch.from_examples(episode.support)),
-                    _TaskData(name, Batch.from_examples(episode.query)), name)
+    demos = tuple(episode.support) if in_context else ()
+    return _Episode(_TaskData(name, Batch.from_examples(episode.support), demos),
+                    _TaskData(name, Batch.from_examples(episode.query), demos), name)
 
 
 def meta_train(config: MetaTrainConfig, *, resume: bool = False, tasks: list[Task] | None = None,
@@ -247,7 +258,7 @@ def meta_train(config: MetaTrainConfig, *, resume: bool = False, tasks: list[Tas
         for group in optimizer.param_groups:
             group["lr"] = meta.outer_lr * lr_factor(step, meta.warmup_steps, meta.steps)
         # Every rank draws the whole meta-batch (the same on all) and runs its slice.
-        episodes = [_wrap(e) for e in sampler.sample()]
+        episodes = [_wrap(e, config.inner.in_context) for e in sampler.sample()]
         mine = distributed.shard(episodes)
         error: NonFiniteLossError | None = None
         try:
@@ -351,7 +362,7 @@ def _validation_episodes(tasks: Sequence[Task], config: MetaTrainConfig) -> list
             sampler = MetaBatchSampler([task], n_shot=meta.n_shot, n_query=meta.n_query,
                                        meta_batch_size=config.val_episodes, seed=config.seed,
                                        split="dev")
-            episodes += [_wrap(e) for e in sampler.sample()]
+            episodes += [_wrap(e, config.inner.in_context) for e in sampler.sample()]
     return episodes
 
 

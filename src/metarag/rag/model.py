@@ -321,6 +321,7 @@ class ForwardCache:
     questions: tuple[str, ...] = ()
     answers: tuple[str, ...] = ()
     query_batch: dict[str, torch.Tensor] | None = None   # tokenised questions
+    demos: tuple[Demo, ...] = ()                         # in every prompt of the entries below
     corpus: torch.Tensor | None = None                   # passage embeddings of the entries below
     corpus_version: int = -1
     top: torch.Tensor | None = None                      # (B, K) passages of generator_batch
@@ -334,12 +335,15 @@ class ForwardCache:
     hits: int = 0
     misses: int = 0
 
-    def bind(self, questions: Sequence[str], answers: Sequence[str], corpus: torch.Tensor
-             ) -> None:
-        """Keep what is valid for this batch and corpus; drop the rest."""
+    def bind(self, questions: Sequence[str], answers: Sequence[str], corpus: torch.Tensor,
+             demos: tuple[Demo, ...] = ()) -> None:
+        """Keep what is valid for this batch, corpus and demos; drop the rest."""
         questions, answers = tuple(questions), tuple(answers)
         if (questions, answers) != (self.questions, self.answers):
             self.questions, self.answers, self.query_batch = questions, answers, None
+            self._drop_generator_inputs()
+        if demos != self.demos:  # other prompts: other generator inputs
+            self.demos = demos
             self._drop_generator_inputs()
         if corpus is not self.corpus or corpus._version != self.corpus_version:
             self.corpus, self.corpus_version = corpus, corpus._version
@@ -572,7 +576,7 @@ class RAGModel(nn.Module):
         if len(questions) != len(answers):
             raise ValueError(f"{len(questions)} questions but {len(answers)} answers")
         if cache is not None:
-            cache.bind(questions, answers, self.passage_embeddings)
+            cache.bind(questions, answers, self.passage_embeddings, self.demos)
         doc_logits, top = self.retrieve(questions, cache=cache)
         b, k = top.shape
         ids = [[self.passages[j].id for j in row] for row in top.tolist()]

@@ -52,3 +52,11 @@ def test_per_passage_sources() -> None:
 
 def test_passage_without_title() -> None:
     assert passage_as_context(P2) == "The river Ouse runs past it."
+
+
+def test_a_question_never_sees_its_own_demo() -> None:
+    from metarag.generation.prompt import Demo, make_source
+
+    demos = [Demo("Who founded  it?", "Etheldreda"), Demo("When?", "673")]
+    assert make_source("Who founded it?", [P1], demos).demos == (demos[1],)
+    assert make_source("Where?", [P1], demos).demos == tuple(demos)

@@ -271,3 +271,18 @@ def test_the_encoder_cache_keeps_within_its_bytes(tiny_rag, decoder_split, rag_e
         assert small.nbytes == sum(v.numel() * v.element_size() for v in small.entries.values())
     with pytest.raises(ValueError, match="max_bytes"):
         EncoderCache(-1)
+
+
+def test_demos_put_in_the_prompt_are_seen(tiny_gemma_rag, rag_episodes):
+    """The same batch with in-context examples is another prompt: no stale inputs."""
+    adapted, frozen = split_params(tiny_gemma_rag, select_params(tiny_gemma_rag, ["lora"]))
+    batch = support(rag_episodes)
+    loss_fn = rag_loss_fn(tiny_gemma_rag, frozen)
+    plain = loss_fn(adapted, batch)
+    with tiny_gemma_rag.demos_while(rag_episodes[1].support):
+        with_demos = loss_fn(adapted, batch)
+        uncached = call_with(tiny_gemma_rag, adapted, frozen, batch.questions,
+                             batch.answers).loss
+    torch.testing.assert_close(with_demos, uncached, **CLOSE)
+    assert abs(with_demos.item() - plain.item()) > 1e-3
+    torch.testing.assert_close(loss_fn(adapted, batch), plain, **CLOSE)  # demos gone again
