@@ -573,18 +573,21 @@ def _second_order_default(headline: dict[str, Any]) -> dict[str, Any] | None:
 def merge_results(results: list[dict[str, Any]]) -> dict[str, Any]:
     """One result from several invocations (say, split to fit a session), in run order.
 
-    The matmul peak and the sampler's hit rates come from the first run that has them.
+    A result that is itself a merge contributes its runs one by one. The matmul peak
+    and the sampler's hit rates come from the first run that has them.
     """
     headline: dict[str, Any] = {}
     for r in results:
         headline.update((r.get("second_order_default") or {}).get("by_inner_steps", {}))
-    runs = [r["meta"] for r in results]
+    runs = [m for r in results for m in r["meta"].get("runs", [r["meta"]])]
+    settings = [s for r in results
+                for s in (r["settings"] if isinstance(r["settings"], list) else [r["settings"]])]
     return {
         "meta": {**runs[0], "commands": [m["command"] for m in runs], "runs": runs,
                  "wall_s": sum(m.get("wall_s", 0.0) for m in runs),
                  "note": f"{len(runs)} invocations of benchmarks/meta_step.py, merged "
                          "(configs in run order)"},
-        "settings": [r["settings"] for r in results],
+        "settings": settings,
         "matmul_peak": results[0]["matmul_peak"],
         "models": {k: v for r in results for k, v in r["models"].items()},
         "configs": [c for r in results for c in r["configs"]],

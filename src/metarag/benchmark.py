@@ -182,6 +182,9 @@ def _run_domain(config: BenchmarkConfig, target: Task, others: list[Task], cells
                 show_progress: bool) -> None:
     """Every cell of one held-out domain still to score (its starting points trained first)."""
     starts = _starting_points(config, target.name, others, cells, show_progress)
+    # Cells may come from several machines (runs span sessions): say what computed each.
+    cells.computed_with = {"cpu": _cpu_name(),
+                           "compute_dtype": str(starts["finetune"].model.generator.compute_dtype)}
     if "zero_shot" in config.methods:
         for _, seed in cells.todo(target.name, "zero_shot"):
             starts["finetune"].use_corpus(target.corpus, language=target.language)
@@ -214,9 +217,10 @@ class CellStore:
     """The benchmark's cells on disk: appended one by one, found again on a re-run.
 
     ``cells.jsonl`` holds one line per finished (held_out, method, shots, seed) cell:
-    its records (the main one and its steps-curve points), its wall time, and the
-    fingerprint of the settings that decide its value (everything but which cells
-    the grid asks for and where files go). ``results.json`` is this grid's view.
+    its records (the main one and its steps-curve points), its wall time, the CPU
+    and the generator's compute dtype (``precision: auto`` resolves per machine),
+    and the fingerprint of the settings that decide its value (everything but which
+    cells the grid asks for and where files go). ``results.json`` is this grid's view.
     """
 
     # Settings that choose cells or files, not a cell's value.
@@ -241,6 +245,7 @@ class CellStore:
             json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
         self.cells: dict[tuple, dict[str, Any]] = {}
         self.stages: dict[str, float] = {}
+        self.computed_with: dict[str, str] = {}  # the machine and precision, kept per cell
         self._mark = time.perf_counter()  # the end of the last cell or stage
         self._load()
 
@@ -322,7 +327,7 @@ class CellStore:
         line = {"key": list(self._key(held_out, method, shots, seed)),
                 "fingerprint": self.fingerprint,
                 "records": records, "seconds": round(now - self._mark, 1),
-                "stages": dict(self.stages)}
+                "stages": dict(self.stages), **self.computed_with}
         self._mark = now
         with self.path.open("a", encoding="utf-8") as f:
             f.write(json.dumps(line) + "\n")
@@ -351,6 +356,15 @@ class CellStore:
         tmp.write_text(json.dumps(results, indent=1))
         tmp.replace(self.out / "results.json")
         return results
+
+
+def _cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            return next((line.split(":", 1)[1].strip() for line in f
+                         if line.startswith("model name")), "unknown")
+    except OSError:
+        return "unknown"
 
 
 def _check_sizes(task: Task, config: BenchmarkConfig) -> None:

@@ -72,6 +72,16 @@ def test_adapt_saves_a_model_that_evaluate_and_ask_accept(meta_run, kind):
                                  "--in-context", "2", "--json", "Who grows Amberlight?"])
     assert result.exit_code == 0, result.output
     assert json.loads(result.output)["answer"] is not None
+    # Adapted with its support set in the prompts: asked with it by default, served so too.
+    from metarag.meta.adapt import in_context_default
+
+    result = runner.invoke(app, ["adapt", "--checkpoint", str(meta_run / "run"), "--task-file",
+                                 "synthetic/agriculture", "--shots", "4", "--steps", "1",
+                                 "--in-context", "--out", str(out) + "-icl", "--cache-dir", "none"])
+    assert result.exit_code == 0, result.output
+    state = load_checkpoint(str(out) + "-icl").state
+    assert state["adapt"]["in_context"] is True and in_context_default(state) == 4
+    assert in_context_default(load_checkpoint(out).state) == 0
     result = runner.invoke(app, ["evaluate", "--checkpoint", str(out), "--task",
                                  "synthetic/agriculture", "-n", "2", "--in-context", "2",
                                  "--out", str(meta_run / "eval-icl"), "--cache-dir", "none"])
@@ -142,6 +152,7 @@ def test_benchmark_writes_results_report_and_plots(tmp_path, tiny_encoder_dir, k
     cells = (bench / "cells.jsonl").read_text().splitlines()
     assert len(cells) == sum(count.values())
     # Scored shots by shots, every method: 0, then curve_shots (4), then the rest (2).
+    assert all(json.loads(c)["compute_dtype"] == "torch.float32" for c in cells)  # tiny: fp32
     shots = [json.loads(c)["key"][2] for c in cells]
     assert shots == sorted(shots, key=[0, 4, 2].index)
     result = runner.invoke(app, ["benchmark", "--config", str(path), "--set", "seeds=[0]"])

@@ -23,6 +23,11 @@ def adapt(
     lr: float | None = typer.Option(None, help="SGD step size. Default: a Meta-SGD run's "
                                     "learned per-parameter rates, else the meta-training run's "
                                     "inner.lr, else 1e-3."),
+    in_context: bool | None = typer.Option(
+        None, "--in-context/--no-in-context",
+        help="Adapt with the support set in every prompt (an example's own left out), as "
+        "the model will then be asked: `ask` and `serve` put it in the prompt by default. "
+        "Default: as the meta-training run did (inner.in_context), else off."),
     seed: int = typer.Option(0, help="Which shots are drawn, and the split seed."),
     out: Path = typer.Option(..., "--out", "-o", help="Folder for the adapted model and the "
                              "new domain's index."),
@@ -63,6 +68,7 @@ def adapt(
     config.steps = steps if steps is not None else (config.steps if trained_inner else 8)
     config.lr = lr if lr is not None else config.lr
     config.batch_size = config.batch_size or 16
+    config.in_context = in_context if in_context is not None else config.in_context
     target = load_task(task, seed=seed)
     if len(target.train) < shots:
         raise typer.BadParameter(f"{target.name} has {len(target.train)} train examples; "

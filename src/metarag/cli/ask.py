@@ -23,7 +23,11 @@ def ask(
     k: int | None = typer.Option(None, "-k", min=1,
                                  help="Passages to retrieve. Default: the model's own k."),
     no_repeat_ngram: int | None = NoRepeatOption,
-    in_context: int = InContextOption,
+    in_context: int | None = typer.Option(
+        None, "--in-context", min=0,
+        help="In-context K-shot: put K solved examples (question, passage, answer) before the "
+        "question in the prompt. Default: a checkpoint adapted with its support set in the "
+        "prompt (adapt.in_context) gets that support set; else none."),
     demos: str | None = typer.Option(
         None, "--demos", help="With --in-context K: the task source (folder or synthetic/<domain>) "
         "whose train split gives the K examples. Default: the support set an adapted "
@@ -43,6 +47,10 @@ def ask(
     if no_repeat_ngram is not None:
         built.model.config.no_repeat_ngram = no_repeat_ngram
     built.use_index(index, model_name=f"checkpoint {checkpoint}")
+    if in_context is None:
+        from metarag.meta.adapt import in_context_default
+
+        in_context = in_context_default(state)
     if in_context:
         built.model.use_demos(_demo_examples(demos, state), in_context)
     answer = answer_questions(built, [question], k=k)[0]

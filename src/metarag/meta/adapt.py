@@ -125,6 +125,15 @@ def adapt_params(model: nn.Module, support: Sequence[QAExample],
     return current
 
 
+def in_context_default(state: Mapping[str, object]) -> int:
+    """Support examples an adapted checkpoint's prompts hold unless asked otherwise: all
+    of them when it adapted with them in its prompts (``adapt.in_context``), else none."""
+    adapted = state.get("adapt")
+    if isinstance(adapted, Mapping) and adapted.get("in_context"):
+        return len(state.get("support_ids") or ())  # type: ignore[arg-type]
+    return 0
+
+
 @contextmanager
 def swapped_params(model: nn.Module, params: Mapping[str, Tensor]) -> Iterator[nn.Module]:
     """Temporarily copy ``params`` into the model's weights; the originals come back after.

@@ -75,8 +75,10 @@ def _answer_request(max_question_chars: int, max_k: int, max_in_context: int) ->
         question: str = Field(min_length=1, max_length=max_question_chars)
         k: int | None = Field(None, ge=1, le=max_k,
                               description="Passages to retrieve; default: the domain's own.")
-        in_context: int = Field(0, ge=0, le=max_in_context,
-                                description="Support examples of the domain in the prompt.")
+        in_context: int | None = Field(
+            None, ge=0, le=max_in_context, description="Support examples of the domain in "
+            "the prompt; default: the domain's own (its support set, up to the server's "
+            "limit, when it was adapted with it in its prompts; else none).")
 
         @field_validator("question")
         @classmethod
@@ -160,12 +162,13 @@ def create_app(service: Service, *, api_key: str | None = None,
     async def answer(body: AnswerRequest) -> AnswerResponse:  # type: ignore[valid-type]
         received = time.perf_counter()
         spec = service.registry.get(body.domain)
-        if body.in_context > len(spec.support_ids):
+        in_context = (min(spec.in_context, settings.max_in_context) if body.in_context is None
+                      else body.in_context)
+        if in_context > len(spec.support_ids):
             raise HTTPException(422, f"in_context: domain {spec.name!r} has "
                                 f"{len(spec.support_ids)} support examples")
         try:
-            future = service.submit(body.domain, body.question, k=body.k,
-                                    in_context=body.in_context)
+            future = service.submit(body.domain, body.question, k=body.k, in_context=in_context)
         except QueueFull as err:
             raise HTTPException(503, str(err), headers={"Retry-After": "1"}) from None
         try:

@@ -92,6 +92,8 @@ class DomainSpec:
         support_ids: The examples it was adapted on (the in-context pool).
         data_seed: The split seed those ids refer to.
         adapted_from: The checkpoint adaptation started from, if recorded.
+        in_context: Support examples in the prompt when a request names none (all of
+            them for a domain adapted with them in its prompts, `in_context_default`).
         uid: Tells a re-registered domain of the same name apart (cache key).
     """
 
@@ -105,6 +107,7 @@ class DomainSpec:
     support_ids: tuple[str, ...] = ()
     data_seed: int = 0
     adapted_from: str | None = None
+    in_context: int = 0
     uid: int = field(default_factory=lambda: next(_uids))
 
     def describe(self) -> dict[str, Any]:
@@ -112,7 +115,7 @@ class DomainSpec:
         return {"name": self.name, "adapted": str(self.adapted),
                 "checkpoint": str(self.checkpoint), "index": str(self.index),
                 "task": self.task, "support_examples": len(self.support_ids),
-                "k": self.rag.k, "decoding": self.rag.decoding}
+                "k": self.rag.k, "decoding": self.rag.decoding, "in_context": self.in_context}
 
 
 def inspect_domain(name: str, adapted: str | Path, index: str | Path | None,
@@ -139,6 +142,7 @@ def inspect_domain(name: str, adapted: str | Path, index: str | Path | None,
 
     from metarag.checkpoint import Checkpoint, CheckpointError, read_state
     from metarag.config import ConfigError
+    from metarag.meta.adapt import in_context_default
     from metarag.rag.build import (
         BASE_KEY,
         MODEL_CONFIG_KEY,
@@ -182,7 +186,7 @@ def inspect_domain(name: str, adapted: str | Path, index: str | Path | None,
         task=state.get("task"), task_source=state.get("task_source"),
         support_ids=tuple(state.get("support_ids") or ()),
         data_seed=int(state.get("config", {}).get("data", {}).get("seed", 0)),
-        adapted_from=state.get("adapted_from"))
+        adapted_from=state.get("adapted_from"), in_context=in_context_default(state))
 
 
 def _check_index(where: str, index: Path, built: BuiltModel) -> None:
