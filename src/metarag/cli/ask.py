@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from metarag.cli.common import InContextOption, NoRepeatOption
+from metarag.cli.common import NoRepeatOption
 
 SNIPPET = 200  # characters of a cited passage shown in the terminal
 
