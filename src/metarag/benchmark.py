@@ -528,11 +528,7 @@ def _evaluate_adapted(config: BenchmarkConfig, method: str, wanted: list[str],
             continue
         curve = config.curve_steps if shots == config.curve_shots and method in wanted else []
         started = time.perf_counter()
-        # The support set in every prompt: adapting, picking the rate, answering.
-        def prompts(support=support):
-            return start.model.demos_while(support) if in_context else nullcontext()
-
-        with prompts():
+        with _in_prompts(start, support, in_context):
             lr, snapshots = _adapt_with_best_lr(config, init, loss_fn, support, task, curve)
         adapted = snapshots[config.adapt.steps]
         for name in wanted:
@@ -541,7 +537,8 @@ def _evaluate_adapted(config: BenchmarkConfig, method: str, wanted: list[str],
             with cells.cell(task.name, name, shots, seed) as add:
                 if name == method:
                     for steps, params in sorted(snapshots.items()):
-                        with swapped_params(start.model, params), prompts():
+                        with swapped_params(start.model, params), \
+                                _in_prompts(start, support, in_context):
                             scores = _score(start, task, config)
                         add(_record(task, name, shots, steps, seed, lr, scores, config,
                                     curve=steps != config.adapt.steps))
@@ -551,6 +548,12 @@ def _evaluate_adapted(config: BenchmarkConfig, method: str, wanted: list[str],
                                     _score(start, task, config), config))
         logger.info("%s %s shots=%d seed=%d lr=%g (%.0f s)", task.name, "/".join(wanted), shots,
                     seed, lr, time.perf_counter() - started)
+
+
+def _in_prompts(start: BuiltModel, support: list[QAExample], on: bool):
+    """While the block runs, the support set in every prompt when ``on`` (adapting, picking
+    the rate and answering alike); else nothing changes."""
+    return start.model.demos_while(support) if on else nullcontext()
 
 
 def _evaluate_in_context(config: BenchmarkConfig, method: str, start: BuiltModel, task: Task,
