@@ -109,7 +109,10 @@ class BenchmarkConfig:
             sets once per inner step, plus query sets) at its own batch size; MetaICL
             training gets the same steps.
         metaicl_demos: Examples of the same task in every MetaICL training prompt.
-        methods: The methods compared (see the module docstring).
+        methods: The methods compared on every held-out domain (module docstring).
+        screen_methods: More methods, scored on the first held-out domain only: the
+            screening of meta-learning variants before the best of them runs on every
+            domain. The report's claims over all domains leave them out.
     """
 
     out: str = "runs/benchmark"
@@ -128,11 +131,17 @@ class BenchmarkConfig:
     match_budget: bool = True
     metaicl_demos: int = 4
     methods: list[str] = field(default_factory=lambda: list(METHODS))
+    screen_methods: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        unknown = [m for m in self.methods if m not in METHODS]
+        unknown = [m for m in self.methods + self.screen_methods if m not in METHODS]
         if unknown:
             raise ValueError(f"unknown methods {unknown}; choose from {', '.join(METHODS)}")
+        if set(self.methods) & set(self.screen_methods):
+            raise ValueError("a method is in both methods and screen_methods: "
+                             f"{sorted(set(self.methods) & set(self.screen_methods))}")
+        if self.screen_methods and not self.held_out:
+            raise ValueError("screen_methods are scored on the first of held_out: list them")
         if not self.seeds or not self.shots or not self.lr_grid:
             raise ValueError("seeds, shots and lr_grid must not be empty")
         if min(self.shots) < 0 or self.test_examples < 1 or self.answer_batch_size < 1:
@@ -140,6 +149,12 @@ class BenchmarkConfig:
         if self.adapt.in_context or self.meta.inner.in_context:
             raise ValueError("adapt.in_context and meta.inner.in_context are set per method "
                              "here: add meta_in_context or metaicl_finetune to methods instead")
+
+
+def methods_on(config: BenchmarkConfig, held_out: str) -> list[str]:
+    """The methods scored on one held-out domain (`screen_methods` on the first only)."""
+    screening = config.screen_methods if config.held_out[:1] == [held_out] else []
+    return [m for m in METHODS if m in config.methods or m in screening]
 
 
 class BenchmarkError(MetaRAGError, RuntimeError):
@@ -181,11 +196,12 @@ def run_benchmark(config: BenchmarkConfig, *, tasks: list[Task] | None = None,
 def _run_domain(config: BenchmarkConfig, target: Task, others: list[Task], cells: CellStore,
                 show_progress: bool) -> None:
     """Every cell of one held-out domain still to score (its starting points trained first)."""
+    methods = methods_on(config, target.name)
     starts = _starting_points(config, target.name, others, cells, show_progress)
     # Cells may come from several machines (runs span sessions): say what computed each.
     cells.computed_with = {"cpu": _cpu_name(),
                            "compute_dtype": str(starts["finetune"].model.generator.compute_dtype)}
-    if "zero_shot" in config.methods:
+    if "zero_shot" in methods:
         for _, seed in cells.todo(target.name, "zero_shot"):
             starts["finetune"].use_corpus(target.corpus, language=target.language)
             with cells.cell(target.name, "zero_shot", 0, seed) as add:
@@ -196,13 +212,13 @@ def _run_domain(config: BenchmarkConfig, target: Task, others: list[Task], cells
     # holds whole comparisons, the aim's shots (curve_shots) first.
     for shots in shot_order(config):
         for method, (start, in_context) in _ADAPTED.items():
-            wanted = [m for m in (method, method + DEMOS) if m in config.methods]
+            wanted = [m for m in (method, method + DEMOS) if m in methods]
             if wanted:
                 _evaluate_adapted(config, method, wanted, starts[start], target, cells,
                                   show_progress, shots=shots, losses=losses,
                                   in_context=in_context)
         for method in ("in_context", "metaicl"):
-            if method in config.methods:
+            if method in methods:
                 start = starts["metaicl" if method == "metaicl" else "finetune"]
                 _evaluate_in_context(config, method, start, target, cells, shots=shots)
 
@@ -224,7 +240,7 @@ class CellStore:
     """
 
     # Settings that choose cells or files, not a cell's value.
-    _SELECTION = {"out", "held_out", "shots", "seeds", "methods"}
+    _SELECTION = {"out", "held_out", "shots", "seeds", "methods", "screen_methods"}
 
     def __init__(self, out: Path, config: BenchmarkConfig) -> None:
         out.mkdir(parents=True, exist_ok=True)
@@ -308,7 +324,7 @@ class CellStore:
                 and shots in (None, c[0])]
 
     def done_for(self, held_out: str) -> bool:
-        return all(not self.todo(held_out, m) for m in self.config.methods)
+        return all(not self.todo(held_out, m) for m in methods_on(self.config, held_out))
 
     def stage(self, name: str) -> None:
         """A stage (training a starting point) just ended: its wall time is the time since
@@ -341,14 +357,17 @@ class CellStore:
         config = self.config
         held = set(config.held_out) if config.held_out else None
         wanted = [c for key, c in self.cells.items()
-                  if (held is None or key[0] in held) and key[1] in config.methods
+                  if (held is None or key[0] in held) and key[1] in methods_on(config, key[0])
                   and key[2] in config.shots
                   and (key[3] in config.seeds or key[2] == 0)]
         records = [r for c in wanted for r in c["records"]]
         stages = {k: v for k, v in self.stages.items()
                   if held is None or k.rsplit("/train ", 1)[0] in held}
         results = {"config": asdict(config), "metrics": METRICS, "primary_metric": "f1",
-                   "methods": [m for m in METHODS if m in config.methods], "records": records,
+                   "methods": [m for m in METHODS
+                               if m in config.methods or m in config.screen_methods],
+                   "screened": {m: config.held_out[0] for m in config.screen_methods},
+                   "records": records,
                    "stages": stages,
                    "wall_seconds": round(sum(c["seconds"] for c in wanted)
                                          + sum(stages.values()), 1)}
@@ -389,7 +408,7 @@ def _starting_points(config: BenchmarkConfig, held_out: str, others: list[Task],
     base.cache_dir = config.meta.cache_dir
     base.model.eval()
     starts = {"finetune": base}
-    wanted = {m.split("+")[0] for m in config.methods}
+    wanted = {m.split("+")[0] for m in methods_on(config, held_out)}
     runs: dict[str, tuple[Any, Any, int]] = {}
     for method in ("meta", "meta_in_context"):
         if method in wanted:

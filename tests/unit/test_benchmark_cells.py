@@ -37,3 +37,22 @@ def test_in_context_adaptation_is_chosen_by_method_not_by_setting():
         from metarag.meta.adapt import AdaptConfig
 
         BenchmarkConfig(adapt=AdaptConfig(in_context=True))
+
+
+def test_screened_methods_run_on_the_first_held_out_domain_only(tmp_path):
+    from metarag.benchmark import methods_on
+
+    config = BenchmarkConfig(out=str(tmp_path), held_out=["a", "b"],
+                             methods=["in_context", "zero_shot"], screen_methods=["meta"])
+    assert methods_on(config, "a") == ["meta", "in_context", "zero_shot"]
+    assert methods_on(config, "b") == ["in_context", "zero_shot"]
+    store = CellStore(tmp_path, config)
+    store.close()
+    plain = CellStore(tmp_path, BenchmarkConfig(out=str(tmp_path), held_out=["a", "b"],
+                                                methods=["in_context", "zero_shot"]))
+    plain.close()
+    assert store.fingerprint == plain.fingerprint  # which cells, not their values
+    with pytest.raises(ValueError, match="first of held_out"):
+        BenchmarkConfig(methods=["zero_shot"], screen_methods=["meta"])
+    with pytest.raises(ValueError, match="both methods and screen_methods"):
+        BenchmarkConfig(held_out=["a"], methods=["meta"], screen_methods=["meta"])

@@ -105,7 +105,8 @@ class Criteria:
     ``method=None`` takes the best meta-learned method at `shots` (highest mean of
     the primary metric among `META_METHODS` present; else the first method), and
     ``baseline=None`` the best of `BASELINES` there: the best baseline is what a
-    user would otherwise run, so that is the one to beat.
+    user would otherwise run, so that is the one to beat. Methods scored on one
+    screening domain only (the results' ``screened``) are not picked.
     """
 
     method: str | None = None
@@ -152,8 +153,9 @@ def check_claims(results: Results, criteria: Criteria = Criteria()) -> list[Clai
     metric = summary.primary_metric(results)
     label = metric_label(metric)
     table = summarize(results, metric)
-    metas, baselines = (_ranked(table, META_METHODS, c.shots),
-                        _ranked(table, BASELINES, c.shots))
+    screened = results.get("screened", {})
+    metas, baselines = (_ranked(table, [m for m in META_METHODS if m not in screened], c.shots),
+                        _ranked(table, [m for m in BASELINES if m not in screened], c.shots))
     method = c.method or (metas[0] if metas else summary.methods(results)[0])
     # Picking the best of m methods on the same records, then testing it, is m chances to
     # win: the interval is Bonferroni-widened to 1 - 0.05/m (m = 1: the plain 95%).
@@ -254,6 +256,9 @@ def _setup(results: Results) -> list[str]:
     return [
         f"- Held-out domains ({len(domains)}): {', '.join(domains)}",
         f"- Methods: {', '.join(summary.methods(results))}",
+        *(["- Screened on one domain only, and left out of the claims: "
+           + ", ".join(f"{m} ({d})" for m, d in results["screened"].items())]
+          if results.get("screened") else []),
         f"- Shots: {', '.join(map(str, sorted({r['shots'] for r in main})))}; "
         f"seeds: {', '.join(map(str, seeds))}",
         f"- Records: {len(recs)} ({len(main)} in the main grid, "

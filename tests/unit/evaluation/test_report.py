@@ -309,3 +309,21 @@ def test_a_method_picked_among_several_gets_a_bonferroni_interval():
     single = check_claims(results, Criteria(method="meta", baseline="multitask_finetune"))[0]
     assert single.difference.mean == claim.difference.mean == pytest.approx(3.0)
     assert claim.difference.half_width > single.difference.half_width
+
+
+def test_a_method_screened_on_one_domain_is_not_picked_for_the_claims():
+    results = grid()
+    extra = []
+    for r in results["records"]:
+        if r["method"] == "maml" and r["shots"] == 16 and not r.get("curve"):
+            extra.append({**r, "method": "meta"})
+            if r["held_out"] == "d/hard":  # the higher pooled mean, from one domain only
+                extra.append({**r, "method": "metaicl",
+                              "scores": {k: v + 5 for k, v in r["scores"].items()}})
+    results["records"] += extra
+    results["methods"] += ["meta", "metaicl"]
+    assert check_claims(results)[0].text.startswith("metaicl (the best of 2")
+    results["screened"] = {"metaicl": "d/hard"}
+    assert check_claims(results)[0].text.startswith("meta at 16 shots")
+    assert "Screened on one domain only, and left out of the claims: metaicl (d/hard)" in (
+        markdown_report(results))
