@@ -478,6 +478,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     import torch
     import transformers
 
+    from metarag.generation.precision import cpu_name
+
     torch.set_num_threads(args.threads)
     started = time.perf_counter()
     load = os.getloadavg()
@@ -486,7 +488,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                                                                else argv),
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, {platform.system()}",
-        "cpu": _cpu_name(),
+        "cpu": cpu_name(),
         "python": platform.python_version(), "torch": torch.__version__,
         "torch_threads": torch.get_num_threads(), "transformers": transformers.__version__,
         "higher": _version("higher"), "load_average_at_start": load,
@@ -682,16 +684,6 @@ def _version(package: str) -> str | None:
         return version(package)
     except PackageNotFoundError:
         return None
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 if __name__ == "__main__":

@@ -64,6 +64,7 @@ from metarag.checkpoint import latest_checkpoint, load_checkpoint
 from metarag.config import ConfigError, from_dict, to_dict
 from metarag.data.schema import QAExample, Task
 from metarag.errors import MetaRAGError
+from metarag.generation.precision import cpu_name
 from metarag.meta.adapt import AdaptConfig, adapted_names, support_batches, swapped_params
 from metarag.meta.inner import Batch, RAGLoss, inner_loop, rag_loss_fn
 from metarag.meta.params import Params, split_params
@@ -199,7 +200,7 @@ def _run_domain(config: BenchmarkConfig, target: Task, others: list[Task], cells
     methods = methods_on(config, target.name)
     starts = _starting_points(config, target.name, others, cells, show_progress)
     # Cells may come from several machines (runs span sessions): say what computed each.
-    cells.computed_with = {"cpu": _cpu_name(),
+    cells.computed_with = {"cpu": cpu_name(),
                            "compute_dtype": str(starts["finetune"].model.generator.compute_dtype)}
     if "zero_shot" in methods:
         for _, seed in cells.todo(target.name, "zero_shot"):
@@ -375,15 +376,6 @@ class CellStore:
         tmp.write_text(json.dumps(results, indent=1))
         tmp.replace(self.out / "results.json")
         return results
-
-
-def _cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            return next((line.split(":", 1)[1].strip() for line in f
-                         if line.startswith("model name")), "unknown")
-    except OSError:
-        return "unknown"
 
 
 def _check_sizes(task: Task, config: BenchmarkConfig) -> None:

@@ -42,6 +42,17 @@ def cpu_has_native_bf16() -> bool:
     return any(flag in flags.split() for flag in ("amx_bf16", "avx512_bf16"))
 
 
+def cpu_name() -> str:
+    """This CPU's model name (what decides ``"auto"``, recorded with measurements)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text(encoding="utf-8").splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
 def resolve_dtype(precision: str, device: torch.device, *, auto_bf16: bool) -> torch.dtype:
     """The dtype of matrix products for ``precision`` on ``device``.
 
