@@ -88,6 +88,13 @@ def test_adapt_saves_a_model_that_evaluate_and_ask_accept(meta_run, kind):
     assert result.exit_code == 0, result.output
     settings = json.loads((meta_run / "eval-icl" / "metrics.json").read_text())["settings"]
     assert settings["in_context"] == 2
+    for checkpoint, shown in ((str(out) + "-icl", 4), (str(out), 0)):  # the default
+        result = runner.invoke(app, ["evaluate", "--checkpoint", checkpoint, "--task",
+                                     "synthetic/agriculture", "-n", "2", "--out",
+                                     str(meta_run / "eval-own"), "--cache-dir", "none"])
+        assert result.exit_code == 0, result.output
+        settings = json.loads((meta_run / "eval-own" / "metrics.json").read_text())["settings"]
+        assert settings["in_context"] == shown
 
 
 def test_adapt_refuses_more_shots_than_examples(meta_run):

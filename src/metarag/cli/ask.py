@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from metarag.cli.common import NoRepeatOption
+from metarag.cli.common import InContextOption, NoRepeatOption, demo_examples
 
 SNIPPET = 200  # characters of a cited passage shown in the terminal
 
@@ -23,11 +23,7 @@ def ask(
     k: int | None = typer.Option(None, "-k", min=1,
                                  help="Passages to retrieve. Default: the model's own k."),
     no_repeat_ngram: int | None = NoRepeatOption,
-    in_context: int | None = typer.Option(
-        None, "--in-context", min=0,
-        help="In-context K-shot: put K solved examples (question, passage, answer) before the "
-        "question in the prompt. Default: a checkpoint adapted with its support set in the "
-        "prompt (adapt.in_context) gets that support set; else none."),
+    in_context: int | None = InContextOption,
     demos: str | None = typer.Option(
         None, "--demos", help="With --in-context K: the task source (folder or synthetic/<domain>) "
         "whose train split gives the K examples. Default: the support set an adapted "
@@ -52,7 +48,7 @@ def ask(
 
         in_context = in_context_default(state)
     if in_context:
-        built.model.use_demos(_demo_examples(demos, state), in_context)
+        built.model.use_demos(demo_examples(demos, state), in_context)
     answer = answer_questions(built, [question], k=k)[0]
     citations = [{"id": c.passage_id, "title": c.title, "weight": c.weight,
                   "retrieval_score": c.retrieval_score, "text": c.text}
@@ -68,17 +64,3 @@ def ask(
         text = text if len(text) <= SNIPPET else text[:SNIPPET - 3] + "..."
         typer.echo(f"{rank}. {c['id']}{title}  weight={c['weight']:.3f}\n   {text}")
 
-
-def _demo_examples(demos: str | None, state: dict) -> list:
-    """The examples --in-context draws from: --demos' train split, or the support set."""
-    from metarag.data.loaders import load_task
-
-    if demos is None and not state.get("support_ids"):
-        raise typer.BadParameter("give --demos TASK (whose train split supplies the examples); "
-                                 "this checkpoint records no support set", param_hint="--demos")
-    seed = int(state.get("config", {}).get("data", {}).get("seed", 0))
-    task = load_task(demos or state.get("task_source", state["task"]), seed=seed)
-    if demos is not None:
-        return task.train
-    by_id = {e.id: e for e in task.examples}
-    return [by_id[i] for i in state["support_ids"] if i in by_id]

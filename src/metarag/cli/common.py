@@ -26,9 +26,10 @@ NoRepeatOption = typer.Option(
     help="Never repeat an n-gram of this many tokens within an answer (stops the loops "
     "of an undertrained generator; 0: off). Default: the model's config (off).")
 InContextOption = typer.Option(
-    0, "--in-context", min=0,
-    help="In-context K-shot: put K solved examples (question, passage, answer) before every "
-    "question in the prompt. 0: none.")
+    None, "--in-context", min=0,
+    help="In-context K-shot: put K solved examples (question, passage, answer) before the "
+    "question in the prompt. Default: a checkpoint adapted with its support set in the "
+    "prompt (adapt.in_context) gets that support set; else none.")
 EncoderOption = typer.Option(
     None, "--encoder",
     help="Local model folder (or hub name when online). Default: the bundled MiniLM.")
@@ -53,3 +54,19 @@ def load(data: Path | None, names: list[str] | None, seed: int) -> list[Task]:
 def cache_dir_value(text: str | None) -> str | None:
     """The --cache-dir option as a folder, or None for 'none' / empty (no cache)."""
     return None if text is None or text.strip().lower() in ("", "none") else text
+
+
+def demo_examples(demos: str | None, state: dict) -> list:
+    """The examples --in-context draws from: --demos' train split, or the support set
+    the checkpoint was adapted on (its ``support_ids``)."""
+    from metarag.data.loaders import load_task
+
+    if demos is None and not state.get("support_ids"):
+        raise typer.BadParameter("give --demos TASK (whose train split supplies the examples); "
+                                 "this checkpoint records no support set", param_hint="--demos")
+    seed = int(state.get("config", {}).get("data", {}).get("seed", 0))
+    task = load_task(demos or state.get("task_source", state["task"]), seed=seed)
+    if demos is not None:
+        return task.train
+    by_id = {e.id: e for e in task.examples}
+    return [by_id[i] for i in state["support_ids"] if i in by_id]

@@ -44,7 +44,7 @@ def evaluate(
         "(so its test split holds no training example), else 0."),
     cache_dir: str = CacheDirOption,
     no_repeat_ngram: int | None = NoRepeatOption,
-    in_context: int = InContextOption,
+    in_context: int | None = InContextOption,
     out: Path = typer.Option(Path("runs/evaluate"), "--out", "-o",
                              help="Folder for metrics.json, metrics.md and predictions.jsonl."),
 ) -> None:
@@ -54,7 +54,8 @@ def evaluate(
     model a training config starts from. EM, token F1, BLEU, ROUGE-1/2/L and
     METEOR of the answers, and recall@k and MRR of the model's own retrieval
     against the gold passages, all 0-100. --in-context K takes the K examples from
-    each task's train split (never its test split).
+    each task's train split (never its test split); without it, a checkpoint adapted
+    with its support set in the prompt keeps that support set there.
     Writes OUT/metrics.json (settings and results), OUT/metrics.md (the table)
     and OUT/predictions.jsonl (answers and cited passages), and prints the table.
     """
@@ -82,6 +83,15 @@ def evaluate(
     if seed is None:
         seed = int(state.get("config", {}).get("data", {}).get("seed", 0))
     tasks = load(data, task, seed)
+    if in_context is None:
+        from metarag.cli.common import demo_examples
+        from metarag.meta.adapt import in_context_default
+
+        # The adapted model's own demos, which evaluate_qa keeps when in_context is 0.
+        own = in_context_default(state)
+        if own:
+            built.model.use_demos(demo_examples(None, state), own)
+        in_context = 0
     ks = sorted(set(k or [1, 5, 20]))
     results = []
     for t in tasks:
@@ -95,7 +105,7 @@ def evaluate(
                 "split": split, "max_examples": max_examples, "ks": ks, "seed": seed,
                 "model_config": state.get("model_config"),
                 "no_repeat_ngram": built.model.config.no_repeat_ngram,
-                "in_context": in_context,
+                "in_context": in_context or len(built.model.demos),
                 "wall_seconds": time.perf_counter() - started}
     paths = save_results(results, out, settings)
     typer.echo(markdown_report(results))
