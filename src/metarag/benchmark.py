@@ -113,7 +113,8 @@ class BenchmarkConfig:
         methods: The methods compared on every held-out domain (module docstring).
         screen_methods: More methods, scored on the first held-out domain only: the
             screening of meta-learning variants before the best of them runs on every
-            domain. The report's claims over all domains leave them out.
+            domain. The report's claims over all domains never pick them, but count
+            them among the meta-learned candidates (the Bonferroni correction).
     """
 
     out: str = "runs/benchmark"

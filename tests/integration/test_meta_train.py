@@ -227,6 +227,13 @@ def test_in_context_adaptation_adapts_and_answers_with_the_support_set(tiny_enco
     adapted = adapt(built, support, config=config)
     assert [d.question for d in adapted.model.demos] == [e.question for e in support]
     assert built.model.demos == ()
+    # in_context=False means no demos, also for a model that carries some.
+    config.in_context = False
+    again = adapt_params(adapted.model, support, config)
+    assert adapt(adapted, support, config=config).model.demos == ()
+    with adapted.model.demos_while(()):
+        expected = adapt_params(adapted.model, support, config)
+    assert all(torch.equal(again[k], expected[k]) for k in again)
 
 
 def test_meta_training_over_in_context_episodes_learns_otherwise(tmp_path, tiny_encoder_dir,

@@ -65,10 +65,10 @@ def _task(folder, passages, questions):
     return folder
 
 
-def _adapt(base, task, out):
+def _adapt(base, task, out, *extra):
     result = runner.invoke(cli, ["adapt", "--checkpoint", str(base), "--task-file", str(task),
                                  "--shots", "2", "--steps", "1", "--out", str(out),
-                                 "--cache-dir", "none"])
+                                 "--cache-dir", "none", *extra])
     assert result.exit_code == 0, result.output
     return out
 
@@ -234,7 +234,7 @@ def test_bad_requests_get_4xx_with_a_message(open_server):
     assert reply.status_code == 404
     assert "nowhere" in reply.json()["detail"] and "bank, bank_b, farm" in reply.json()["detail"]
     cases = [({"question": "x" * 2001}, "question"), ({"question": "   "}, "question"),
-             ({"k": 0}, "k"), ({"k": 21}, "k"), ({"in_context": 9}, "in_context"),
+             ({"k": 0}, "k"), ({"k": 21}, "k"), ({"in_context": 17}, "in_context"),
              ({"in_context": 3}, "in_context"), ({"temperature": 1}, "temperature")]
     for extra, field in cases:
         reply = _ask(live.url, "bank", extra.pop("question", "Who?"), **extra)
@@ -256,6 +256,20 @@ def test_in_context_uses_the_domains_support_set(open_server):
     live, _ = open_server
     answer, ids, _ = _answer(live.url, "bank", "What is the account fee?", in_context=2)
     assert isinstance(answer, str) and len(ids) == 2
+
+
+def test_a_domain_adapted_in_context_gets_its_support_set_by_default(dirs):
+    adapted = _adapt(dirs["base"], dirs["root"] / "bank", dirs["root"] / "adapted-icl",
+                     "--in-context")
+    built, state = load_trained(str(dirs["base"]))
+    service = Service(built, ServeSettings(max_in_context=1),
+                      base_config=checkpoint_config(Checkpoint(dirs["base"], {}, {}, state)))
+    spec, _ = service.add_domain("icl", adapted)
+    plain, _ = service.add_domain("plain", dirs["bank"])
+    assert spec.in_context == 2 and plain.in_context == 0
+    # The server's cap applies to the default, and the listing says what requests get.
+    assert service.default_in_context(spec) == 1 and service.describe(spec)["in_context"] == 1
+    assert [d["in_context"] for d in service.domains()] == [1, 0]
 
 
 def test_managing_domains_needs_a_key(open_server, dirs):

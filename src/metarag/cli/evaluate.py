@@ -83,29 +83,28 @@ def evaluate(
     if seed is None:
         seed = int(state.get("config", {}).get("data", {}).get("seed", 0))
     tasks = load(data, task, seed)
+    demos = None  # in_context draws from each task's train split
     if in_context is None:
         from metarag.cli.common import demo_examples
         from metarag.meta.adapt import in_context_default
 
-        # The adapted model's own demos, which evaluate_qa keeps when in_context is 0.
-        own = in_context_default(state)
-        if own:
-            built.model.use_demos(demo_examples(None, state), own)
-        in_context = 0
+        in_context = in_context_default(state)
+        if in_context:  # asked as it adapted: its support set in every prompt
+            demos = demo_examples(None, state)
     ks = sorted(set(k or [1, 5, 20]))
     results = []
     for t in tasks:
         log.info("%s: answering the %s split", t.name, split)
         results.append(evaluate_qa(built, t, split=split, max_examples=max_examples,
                                    batch_size=batch_size, ks=ks, show_progress=True,
-                                   in_context=in_context))
+                                   in_context=in_context, demos=demos))
     source = str(checkpoint) if checkpoint else f"zero-shot ({zero_shot})"
     settings = {"checkpoint": source, "step": state.get("step"),
                 "data": str(data) if data else "synthetic", "tasks": [t.name for t in tasks],
                 "split": split, "max_examples": max_examples, "ks": ks, "seed": seed,
                 "model_config": state.get("model_config"),
                 "no_repeat_ngram": built.model.config.no_repeat_ngram,
-                "in_context": in_context or len(built.model.demos),
+                "in_context": in_context,
                 "wall_seconds": time.perf_counter() - started}
     paths = save_results(results, out, settings)
     typer.echo(markdown_report(results))

@@ -51,8 +51,9 @@ def serve(
     max_body_bytes: int = typer.Option(65536, min=256, help="Larger request bodies: 413."),
     max_question_chars: int = typer.Option(2000, min=1, help="Longer questions: 422."),
     max_k: int = typer.Option(20, min=1, help="Largest k a request may ask for."),
-    max_in_context: int = typer.Option(8, min=0, help="Largest in_context a request may ask "
-                                       "for."),
+    max_in_context: int = typer.Option(
+        16, min=0, help="Largest in_context a request may ask for; also the most support "
+        "examples a domain adapted with them in its prompts gets by default."),
     request_timeout: float = typer.Option(300.0, "--request-timeout", min=1,
                                           help="Seconds before a request gets 504."),
 ) -> None:

@@ -26,7 +26,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from metarag.data.schema import Task
+from metarag.data.schema import QAExample, Task
 from metarag.errors import DataError
 from metarag.evaluation.metrics import LANGUAGES, score_answers
 from metarag.evaluation.retrieval import mean_reciprocal_rank, recall_at_k
@@ -190,7 +190,7 @@ def answer_questions(built: BuiltModel, questions: Sequence[str], *, k: int | No
 def evaluate_qa(built: BuiltModel, task: Task, *, split: str = "test",
                 max_examples: int | None = None, batch_size: int = 24,
                 ks: Sequence[int] = (1, 5, 20), show_progress: bool = False,
-                in_context: int = 0) -> QAResult:
+                in_context: int = 0, demos: Sequence[QAExample] | None = None) -> QAResult:
     """Answer a task split with the model and score answers and retrieval.
 
     The model's corpus becomes the task's corpus (embedded by its frozen passage
@@ -211,9 +211,11 @@ def evaluate_qa(built: BuiltModel, task: Task, *, split: str = "test",
         batch_size: Questions per `RAGModel.answer` call.
         ks: Recall cut-offs; MRR counts the top ``max(ks)``.
         show_progress: Progress bars for embedding the corpus and answering.
-        in_context: Put the first this many examples of the task's train split in
-            every prompt (in-context k-shot, `RAGModel.use_demos`); 0: none. The
-            model's own demos are restored afterwards.
+        in_context: Put the first this many examples of ``demos`` in every prompt
+            (in-context k-shot, `RAGModel.use_demos`, after the task's corpus is in
+            place, so each demo shows its passage); 0: the model's own demos, if any.
+            The model's own demos are restored afterwards.
+        demos: The examples ``in_context`` draws from; default: the task's train split.
 
     Raises:
         DataError: The split (after ``max_examples``) holds no examples.
@@ -247,7 +249,7 @@ def evaluate_qa(built: BuiltModel, task: Task, *, split: str = "test",
     start = time.perf_counter()
     try:
         if in_context:
-            built.model.use_demos(task.train, in_context)
+            built.model.use_demos(task.train if demos is None else demos, in_context)
         answers = answer_questions(built, questions, batch_size=batch_size,
                                    show_progress=show_progress, ids=[e.id for e in examples])
     finally:

@@ -154,12 +154,14 @@ def check_claims(results: Results, criteria: Criteria = Criteria()) -> list[Clai
     label = metric_label(metric)
     table = summarize(results, metric)
     screened = results.get("screened", {})
-    metas, baselines = (_ranked(table, [m for m in META_METHODS if m not in screened], c.shots),
-                        _ranked(table, [m for m in BASELINES if m not in screened], c.shots))
+    metas = _ranked(table, [m for m in META_METHODS if m not in screened], c.shots)
+    baselines = _ranked(table, list(BASELINES), c.shots)
     method = c.method or (metas[0] if metas else summary.methods(results)[0])
     # Picking the best of m methods on the same records, then testing it, is m chances to
-    # win: the interval is Bonferroni-widened to 1 - 0.05/m (m = 1: the plain 95%).
-    picked = 1 if c.method else max(1, len(metas))
+    # win: the interval is Bonferroni-widened to 1 - 0.05/m (m = 1: the plain 95%). The
+    # screened ones count: they were dropped after losing on the first domain's records.
+    dropped = [m for m in META_METHODS if m in screened and m in summary.methods(results)]
+    picked = 1 if c.method else max(1, len(metas) + len(dropped))
     confidence = 1 - 0.05 / picked
     baseline = c.baseline or (baselines[0] if baselines else c.reference)
     best = " (the best baseline there)" if baselines and not c.baseline else ""
@@ -256,7 +258,8 @@ def _setup(results: Results) -> list[str]:
     return [
         f"- Held-out domains ({len(domains)}): {', '.join(domains)}",
         f"- Methods: {', '.join(summary.methods(results))}",
-        *(["- Screened on one domain only, and left out of the claims: "
+        *(["- Screened on one domain only (never picked for the claims; counted in "
+            "their Bonferroni correction): "
            + ", ".join(f"{m} ({d})" for m, d in results["screened"].items())]
           if results.get("screened") else []),
         f"- Shots: {', '.join(map(str, sorted({r['shots'] for r in main})))}; "

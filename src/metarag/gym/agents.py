@@ -184,11 +184,11 @@ class AdaptedRAGAgent(RAGAgent):
 
         super().reset(observation, info)
         support = info["support_examples"]
-        # Adapt on plain prompts (no demos: an example must not see its own answer), then
-        # answer with the demos `RAGAgent.reset` chose, as the benchmark's X+in_context does.
-        with self.built.model.demos_while(()):
-            self.adapted = (adapt_params(self.built.model, support, self.config,
-                                         learned_lrs=self.learned_lrs) if support else {})
+        # Adapt with the prompts the config says (the support set in them only with
+        # config.in_context), then answer with the demos `RAGAgent.reset` chose, as the
+        # benchmark's X+in_context does.
+        self.adapted = (adapt_params(self.built.model, support, self.config,
+                                     learned_lrs=self.learned_lrs) if support else {})
 
     def act(self, observation: Observation, info: Info) -> str:
         from metarag.meta.adapt import swapped_params

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
@@ -110,7 +110,7 @@ def adapt_params(model: nn.Module, support: Sequence[QAExample],
     model.eval()
     batches = support_batches(support, config.steps, config.batch_size)
     try:
-        with model.demos_while(support) if config.in_context else nullcontext():
+        with model.demos_while(support if config.in_context else ()):
             for step, batch in enumerate(batches):
                 try:
                     current = inner_loop(loss_fn, current, batch, steps=1,
@@ -191,6 +191,6 @@ def adapt(built: BuiltModel, support: Sequence[QAExample],
     params = adapt_params(result.model, support, config, learned_lrs=learned_lrs)
     result.model.load_state_dict(params, strict=False)
     result.model.eval()
-    if config.in_context:  # asked as it adapted: the support set in every prompt
-        result.model.use_demos(support)
+    # Asked as it adapted: the support set in every prompt, or no demos at all.
+    result.model.use_demos(support if config.in_context else ())
     return result

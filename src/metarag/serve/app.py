@@ -152,17 +152,17 @@ def create_app(service: Service, *, api_key: str | None = None,
             spec, new = service.add_domain(name, body.adapted, body.index)
         except DomainError as err:
             raise HTTPException(422, str(err)) from None
-        return JSONResponse(spec.describe(), status_code=201 if new else 200)
+        return JSONResponse(service.describe(spec), status_code=201 if new else 200)
 
     @app.delete("/v1/domains/{name}", dependencies=[Depends(admin)])
     def delete_domain(name: str) -> dict[str, Any]:
-        return {"removed": service.remove_domain(name).describe()}
+        return {"removed": service.describe(service.remove_domain(name))}
 
     @app.post("/v1/answer", dependencies=[Depends(caller)], response_model=AnswerResponse)
     async def answer(body: AnswerRequest) -> AnswerResponse:  # type: ignore[valid-type]
         received = time.perf_counter()
         spec = service.registry.get(body.domain)
-        in_context = (min(spec.in_context, settings.max_in_context) if body.in_context is None
+        in_context = (service.default_in_context(spec) if body.in_context is None
                       else body.in_context)
         if in_context > len(spec.support_ids):
             raise HTTPException(422, f"in_context: domain {spec.name!r} has "

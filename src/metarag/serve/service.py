@@ -48,7 +48,7 @@ class ServeSettings:
     max_body_bytes: int = 64 * 2**10
     max_question_chars: int = 2000
     max_k: int = 20
-    max_in_context: int = 8
+    max_in_context: int = 16
     request_timeout_s: float = 300.0
 
     def __post_init__(self) -> None:
@@ -128,11 +128,20 @@ class Service:
             self._forgotten.append(spec.uid)
         return spec
 
+    def default_in_context(self, spec: DomainSpec) -> int:
+        """Support examples in the prompt of a request that names none: the domain's own
+        default (`DomainSpec.in_context`), at most ``max_in_context``."""
+        return min(spec.in_context, self.settings.max_in_context)
+
+    def describe(self, spec: DomainSpec) -> dict[str, Any]:
+        """``spec.describe()`` with the ``in_context`` this server gives it by default."""
+        return {**spec.describe(), "in_context": self.default_in_context(spec)}
+
     def domains(self) -> list[dict[str, Any]]:
         """Each registered domain's summary, with whether (and how much) it is loaded."""
         loaded = self.engine.cache.snapshot()
         active = self.engine.active
-        return [{**spec.describe(), "loaded": spec.uid in loaded,
+        return [{**self.describe(spec), "loaded": spec.uid in loaded,
                  "bytes": loaded.get(spec.uid), "active": active is not None
                  and active.uid == spec.uid} for spec in self.registry.specs()]
 

@@ -71,6 +71,19 @@ def test_metrics_counts_and_predictions(built):
     assert "predictions" not in result.to_dict()
 
 
+def test_in_context_demos_are_drawn_with_their_passages(built):
+    task = _task()
+    demos = [QAExample("d0", QUESTIONS[1], ("Clause 14.3",), ("p1",))]
+    result = evaluate_qa(built, task, ks=(1,), in_context=1, demos=demos)
+    assert built.model.demos == ()  # the model's own (none) are back
+    # The same prompts by hand: the demo shows its gold passage from the task's corpus.
+    built.use_corpus(task.corpus)
+    with built.model.demos_while(demos):
+        assert built.model.demos[0].context and QUESTIONS[1] in built.model.demos[0].context
+        expected = answer_questions(built, [e.question for e in task.test])
+    assert [p.prediction for p in result.predictions] == [a.answer for a in expected]
+
+
 def test_max_examples_takes_the_first_n(built):
     result = evaluate_qa(built, _task(), max_examples=2, ks=(1,))
     assert result.n == 2 and [p.id for p in result.predictions] == ["q0", "q1"]
