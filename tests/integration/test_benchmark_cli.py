@@ -134,6 +134,11 @@ def test_benchmark_writes_results_report_and_plots(tmp_path, tiny_encoder_dir, k
     assert {(r["method"], r["shots"], r["steps"]) for r in curve} == {
         (m, 4, s) for m in ("meta", "meta_in_context", "metaicl_finetune", "multitask_finetune",
                             "finetune") for s in (0, 1)}
+    # Before its first step, MetaICL + fine-tune is MetaICL: the support set in the prompt.
+    scores = {(r["method"], r["seed"]): r["scores"] for r in records
+              if r["shots"] == 4 and (r["method"] == "metaicl" or r.get("steps") == 0)}
+    assert all(scores[("metaicl_finetune", seed)] == scores[("metaicl", seed)]
+               for seed in (0, 1))
     adapted = [r for r in main if r["shots"] > 0 and r["lr"] is not None]
     assert all(r["lr"] in (0.01, 0.03) and r["lr_at_edge"] for r in adapted)  # 2-rate grid
     # X+in_context scores X's adapted weights: the same rate as X's cell.
