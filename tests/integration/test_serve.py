@@ -272,6 +272,17 @@ def test_a_domain_adapted_in_context_gets_its_support_set_by_default(dirs):
     assert [d["in_context"] for d in service.domains()] == [1, 0]
 
 
+def test_support_examples_are_read_again_or_refused_by_name(dirs):
+    from metarag.errors import DataError
+    from metarag.meta.adapt import support_examples
+
+    state = load_checkpoint(dirs["bank"]).state
+    ids = state["support_ids"]
+    assert [e.id for e in support_examples(state["task_source"], ids, 0)] == ids
+    with pytest.raises(DataError, match="1 of the 3 .*'gone'.*re-adapt"):
+        support_examples(state["task_source"], [*ids, "gone"], 0)
+
+
 def test_managing_domains_needs_a_key(open_server, dirs):
     live, _ = open_server
     reply = httpx.put(f"{live.url}/v1/domains/farm2", json={"adapted": str(dirs["farm"])})

@@ -60,13 +60,12 @@ def demo_examples(demos: str | None, state: dict) -> list:
     """The examples --in-context draws from: --demos' train split, or the support set
     the checkpoint was adapted on (its ``support_ids``)."""
     from metarag.data.loaders import load_task
+    from metarag.meta.adapt import support_examples
 
     if demos is None and not state.get("support_ids"):
         raise typer.BadParameter("give --demos TASK (whose train split supplies the examples); "
                                  "this checkpoint records no support set", param_hint="--demos")
     seed = int(state.get("config", {}).get("data", {}).get("seed", 0))
-    task = load_task(demos or state.get("task_source", state["task"]), seed=seed)
     if demos is not None:
-        return task.train
-    by_id = {e.id: e for e in task.examples}
-    return [by_id[i] for i in state["support_ids"] if i in by_id]
+        return load_task(demos, seed=seed).train
+    return support_examples(state.get("task_source") or state["task"], state["support_ids"], seed)

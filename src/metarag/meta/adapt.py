@@ -125,6 +125,25 @@ def adapt_params(model: nn.Module, support: Sequence[QAExample],
     return current
 
 
+def support_examples(source: str, support_ids: Sequence[str], seed: int) -> list[QAExample]:
+    """The examples an adapted checkpoint was adapted on (its ``support_ids``), read again
+    from its task source with the split seed they refer to.
+
+    Raises:
+        DataError: Some of them are no longer there (the data changed: re-adapt).
+    """
+    from metarag.data.loaders import load_task
+    from metarag.errors import DataError
+
+    by_id = {e.id: e for e in load_task(source, seed=seed).examples}
+    missing = [i for i in support_ids if i not in by_id]
+    if missing:
+        raise DataError(source, "support examples", f"{len(missing)} of the {len(support_ids)} "
+                        f"examples the model was adapted on are no longer there (first: "
+                        f"{missing[0]!r}); re-adapt it")
+    return [by_id[i] for i in support_ids]
+
+
 def in_context_default(state: Mapping[str, object]) -> int:
     """Support examples an adapted checkpoint's prompts hold unless asked otherwise: all
     of them when it adapted with them in its prompts (``adapt.in_context``), else none."""

@@ -165,19 +165,17 @@ class Engine:
             raise DomainError(f"domain {spec.name!r} was adapted on {len(spec.support_ids)} "
                               f"examples; in_context must be at most that")
         if assets.support is None:
-            from metarag.data.loaders import load_task
+            from metarag.errors import DataError
+            from metarag.meta.adapt import support_examples
 
             if not spec.task_source:
                 raise DomainError(f"domain {spec.name!r}: its checkpoint records no task source "
                                   "to read the support examples from")
-            task = load_task(spec.task_source, seed=spec.data_seed)
-            by_id = {e.id: e for e in task.examples}
-            assets.support = [by_id[i] for i in spec.support_ids if i in by_id]
-            if len(assets.support) < len(spec.support_ids):
-                missing = len(spec.support_ids) - len(assets.support)
-                assets.support = None
-                raise DomainError(f"domain {spec.name!r}: {missing} of its support examples "
-                                  f"are no longer in {spec.task_source}; re-adapt the domain")
+            try:
+                assets.support = support_examples(spec.task_source, spec.support_ids,
+                                                  spec.data_seed)
+            except DataError as err:
+                raise DomainError(f"domain {spec.name!r}: {err}") from None
         assets.demos[n] = self.model.use_demos(assets.support, n)
         self.model.demos = ()
         self.cache.resize(assets)
