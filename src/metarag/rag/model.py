@@ -311,7 +311,8 @@ class ForwardCache:
 
     The loss, and its gradients of any order, are those of an uncached call:
     everything reused is a constant of the computation. A cache belongs to one
-    batch; `RAGModel.forward` resets it when called with another batch or corpus.
+    batch; `RAGModel.forward` resets it when called with another batch, corpus or
+    set of demos (in-context examples change every prompt).
 
     Attributes:
         hits: Calls that reused the encoder outputs (for tests and benchmarks).
