@@ -283,3 +283,11 @@ def test_the_adapted_in_context_agent_adapts_without_demos_then_answers_with_the
     for k, v in plain.adapted.items():
         torch.testing.assert_close(with_demos.adapted[k], v, rtol=0, atol=0)
     assert len(tiny_built.model.demos) == len(info["support_examples"]) > 0
+
+
+def test_an_agent_adapting_in_context_answers_in_context(tiny_built):
+    from metarag.meta.adapt import AdaptConfig
+
+    config = AdaptConfig(steps=1, lr=0.5, params=["lora"], in_context=True)
+    assert AdaptedRAGAgent(tiny_built, config).in_context
+    assert not AdaptedRAGAgent(tiny_built, AdaptConfig(params=["lora"])).in_context

@@ -166,7 +166,9 @@ class AdaptedRAGAgent(RAGAgent):
         config: Steps, learning rate and adapted weights; default `AdaptConfig()`
             (LoRA: set ``params=["decoder"]`` for a BERT2BERT generator).
         learned_lrs: Meta-SGD's per-parameter rates, replacing ``config.lr``.
-        in_context, k: As in `RAGAgent`.
+        in_context, k: As in `RAGAgent`; ``in_context`` is on whenever
+            ``config.in_context`` is (a model adapted with the support set in its
+            prompts is asked with it, as `metarag.meta.adapt.adapt` returns it).
     """
 
     def __init__(self, built: BuiltModel, config: AdaptConfig | None = None, *,
@@ -174,8 +176,9 @@ class AdaptedRAGAgent(RAGAgent):
                  k: int | None = None) -> None:
         from metarag.meta.adapt import AdaptConfig
 
-        super().__init__(built, in_context=in_context, k=k)
-        self.config = config or AdaptConfig()
+        config = config or AdaptConfig()
+        super().__init__(built, in_context=in_context or config.in_context, k=k)
+        self.config = config
         self.learned_lrs = learned_lrs
         self.adapted: dict[str, Tensor] = {}
 
