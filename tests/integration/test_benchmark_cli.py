@@ -158,6 +158,14 @@ def test_benchmark_writes_results_report_and_plots(tmp_path, tiny_encoder_dir, k
     assert multitask["step"] == 2 * 2 * (1 * 2 + 2) / 2
     metaicl = load_checkpoint(bench / "synthetic_legal" / "metaicl").state
     assert metaicl["step"] == multitask["step"] and metaicl["config"]["demos"] == 4
+    if kind == "causal":  # (adapt's default weights are LoRA's)
+        # A model trained to read demos adapts (and is then asked) with them by default.
+        result = runner.invoke(app, ["adapt", "--checkpoint", str(bench / "synthetic_legal" /
+                                     "metaicl"), "--task-file", "synthetic/legal", "--shots",
+                                     "2", "--steps", "1", "--out", str(tmp_path / "icl"),
+                                     "--cache-dir", "none"])
+        assert result.exit_code == 0, result.output
+        assert load_checkpoint(tmp_path / "icl").state["adapt"]["in_context"] is True
     meta_icl = load_checkpoint(bench / "synthetic_legal" / "meta_in_context").state
     assert meta_icl["step"] == 2 and meta_icl["config"]["inner"]["in_context"] is True
     before = latest_checkpoint(bench / "synthetic_legal" / "meta")

@@ -27,7 +27,8 @@ def adapt(
         None, "--in-context/--no-in-context",
         help="Adapt with the support set in every prompt (an example's own left out), as "
         "the model will then be asked: `ask` and `serve` put it in the prompt by default. "
-        "Default: as the meta-training run did (inner.in_context), else off."),
+        "Default: as the model was trained to read: on after meta-training over "
+        "in-context episodes (inner.in_context) or MetaICL training (demos > 0), else off."),
     seed: int = typer.Option(0, help="Which shots are drawn, and the split seed."),
     out: Path = typer.Option(..., "--out", "-o", help="Folder for the adapted model and the "
                              "new domain's index."),
@@ -68,7 +69,8 @@ def adapt(
     config.steps = steps if steps is not None else (config.steps if trained_inner else 8)
     config.lr = lr if lr is not None else config.lr
     config.batch_size = config.batch_size or 16
-    config.in_context = in_context if in_context is not None else config.in_context
+    trained_with_demos = bool(config.in_context or state.get("config", {}).get("demos"))
+    config.in_context = in_context if in_context is not None else trained_with_demos
     target = load_task(task, seed=seed)
     if len(target.train) < shots:
         raise typer.BadParameter(f"{target.name} has {len(target.train)} train examples; "
