@@ -15,6 +15,7 @@ from metarag.cli.common import (
     NoRepeatOption,
     TaskOption,
     cache_dir_value,
+    demo_examples,
     load,
 )
 
@@ -85,7 +86,6 @@ def evaluate(
     tasks = load(data, task, seed)
     demos = None  # in_context draws from each task's train split
     if in_context is None:
-        from metarag.cli.common import demo_examples
         from metarag.meta.adapt import in_context_default
 
         in_context = in_context_default(state)

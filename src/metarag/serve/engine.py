@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from metarag.errors import MetaRAGError
+from metarag.errors import DataError, MetaRAGError
 from metarag.serve.registry import DomainAssets, DomainCache, DomainError, DomainSpec
 
 if TYPE_CHECKING:
@@ -165,7 +165,6 @@ class Engine:
             raise DomainError(f"domain {spec.name!r} was adapted on {len(spec.support_ids)} "
                               f"examples; in_context must be at most that")
         if assets.support is None:
-            from metarag.errors import DataError
             from metarag.meta.adapt import support_examples
 
             if not spec.task_source:
