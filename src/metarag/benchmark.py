@@ -195,6 +195,20 @@ def run_benchmark(config: BenchmarkConfig, *, tasks: list[Task] | None = None,
     return results
 
 
+def report_benchmark(config: BenchmarkConfig) -> dict[str, Any]:
+    """Rebuild results.json, the report and the plots from the cells on disk, computing
+    nothing: a run's progress so far (also while it runs), or a view of part of its grid."""
+    from metarag.evaluation.report import write_report
+
+    out = Path(config.out)
+    if not (out / "cells.jsonl").is_file():
+        raise BenchmarkError(f"{out / 'cells.jsonl'} does not exist: no cells to report")
+    cells = CellStore(out, config, read_only=True)
+    results = cells.save()
+    write_report(results, config.out)
+    return results
+
+
 def _run_domain(config: BenchmarkConfig, target: Task, others: list[Task], cells: CellStore,
                 show_progress: bool) -> None:
     """Every cell of one held-out domain still to score (its starting points trained first)."""
@@ -244,16 +258,18 @@ class CellStore:
     # Settings that choose cells or files, not a cell's value.
     _SELECTION = {"out", "held_out", "shots", "seeds", "methods", "screen_methods"}
 
-    def __init__(self, out: Path, config: BenchmarkConfig) -> None:
+    def __init__(self, out: Path, config: BenchmarkConfig, *, read_only: bool = False) -> None:
         out.mkdir(parents=True, exist_ok=True)
-        # One process per folder: two appending and rewriting cells.jsonl would lose cells.
-        self._lock = (out / ".lock").open("w")
-        try:
-            fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            self._lock.close()
-            raise BenchmarkError(f"another benchmark is running in {out}; wait for it or give "
-                                 "this one another `out`") from None
+        self.read_only, self._lock = read_only, None
+        if not read_only:
+            # One process per folder: two appending and rewriting cells.jsonl would lose cells.
+            self._lock = (out / ".lock").open("w")
+            try:
+                fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                self._lock.close()
+                raise BenchmarkError(f"another benchmark is running in {out}; wait for it or "
+                                     "give this one another `out`") from None
         self.out, self.config, self.path = out, config, out / "cells.jsonl"
         settings = {k: v for k, v in _flat(to_dict(config)).items()
                     if k.split(".")[0] not in self._SELECTION
@@ -285,7 +301,8 @@ class CellStore:
                 continue
             self.cells[tuple(cell["key"])] = cell
             self.stages.update(cell.get("stages", {}))
-        if len(kept) != len(text.splitlines()) or (text and not text.endswith("\n")):
+        cut = len(kept) != len(text.splitlines()) or (text and not text.endswith("\n"))
+        if cut and not self.read_only:  # (read only: a running benchmark may be writing it)
             # Drop the cut line, so that the next cell starts a line of its own.
             tmp = self.path.with_suffix(".jsonl.tmp")
             tmp.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
@@ -294,11 +311,13 @@ class CellStore:
             logger.info("%s: %d cells were computed with other settings; not reused",
                         self.path, other)
         if self.cells:
-            logger.info("%s: resuming with %d finished cells", self.path, len(self.cells))
+            logger.info("%s: %s %d finished cells", self.path,
+                        "reading" if self.read_only else "resuming with", len(self.cells))
 
     def close(self) -> None:
         """Let another run use the folder."""
-        self._lock.close()
+        if self._lock is not None:
+            self._lock.close()
 
     @staticmethod
     def _key(held_out: str, method: str, shots: int, seed: int) -> tuple:

@@ -188,6 +188,22 @@ def test_benchmark_writes_results_report_and_plots(tmp_path, tiny_encoder_dir, k
     zero = [r for r in json.loads((bench / "results.json").read_text())["records"]
             if r["shots"] == 0]
     assert len(zero) == 6  # meta, meta_in_context, metaicl, multitask_finetune, finetune, zero_shot
+    # --report-only rebuilds the view from the cells, computing nothing, beside a running run.
+    from metarag.benchmark import BenchmarkConfig, CellStore
+
+    running = CellStore(bench, BenchmarkConfig(out=str(bench)))  # holds the folder's lock
+    (bench / "report.md").unlink()
+    result = runner.invoke(app, ["benchmark", "--config", str(path), "--report-only",
+                                 "--set", "seeds=[0]"])
+    running.close()
+    assert result.exit_code == 0, result.output
+    assert (bench / "cells.jsonl").read_text().splitlines() == cells
+    assert (bench / "report.md").stat().st_size > 0
+    assert {r["seed"] for r in json.loads((bench / "results.json").read_text())["records"]
+            if r["shots"] > 0} == {0}
+    result = runner.invoke(app, ["benchmark", "--config", str(path), "--report-only",
+                                 "--set", f"out={tmp_path / 'nothing'}"])
+    assert result.exit_code != 0 and "no cells to report" in str(result.exception)
     # A run killed mid-cell: the cut line and the cells after it are redone, the rest kept.
     (bench / "cells.jsonl").write_text("\n".join(cells[:10]) + "\n" + cells[10][:25])
     result = runner.invoke(app, ["benchmark", "--config", str(path)])

@@ -14,6 +14,10 @@ def benchmark(
     overrides: list[str] | None = typer.Option(
         None, "--set", "-s", help="Override a config key, e.g. --set shots=[0,4,16] "
         "--set held_out=[synthetic/legal] --set meta.meta.steps=50; repeat the option."),
+    report_only: bool = typer.Option(
+        False, "--report-only", help="Compute nothing: rebuild results.json, the report and "
+        "the plots from the cells already in OUT/cells.jsonl (a run's progress, also while "
+        "it runs; with --set, a view of part of the grid)."),
 ) -> None:
     """Compare the meta-learned init with the baselines on held-out domains.
 
@@ -25,14 +29,17 @@ def benchmark(
     metric, paired tests) and PNG plots of score against shots and steps, and
     prints the comparison table.
     """
-    from metarag.benchmark import BenchmarkConfig, run_benchmark
+    from metarag.benchmark import BenchmarkConfig, report_benchmark, run_benchmark
     from metarag.config import load_config, save_config
     from metarag.evaluation.report import comparison_table
 
     cfg = load_config(BenchmarkConfig, config, overrides or [])
     out = Path(cfg.out)
-    save_config(cfg, out / "config.yaml")
-    results = run_benchmark(cfg)
+    if report_only:
+        results = report_benchmark(cfg)
+    else:
+        save_config(cfg, out / "config.yaml")
+        results = run_benchmark(cfg)
     shots = cfg.curve_shots if cfg.curve_shots in cfg.shots else max(cfg.shots)
     typer.echo(f"\nHeld out: {', '.join(sorted({r['held_out'] for r in results['records']}))}; "
                f"{shots} shots, {len(cfg.seeds)} seeds (mean ± 95% CI):\n")
