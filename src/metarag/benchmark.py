@@ -259,9 +259,9 @@ class CellStore:
     _SELECTION = {"out", "held_out", "shots", "seeds", "methods", "screen_methods"}
 
     def __init__(self, out: Path, config: BenchmarkConfig, *, read_only: bool = False) -> None:
-        out.mkdir(parents=True, exist_ok=True)
         self.read_only, self._lock = read_only, None
         if not read_only:
+            out.mkdir(parents=True, exist_ok=True)
             # One process per folder: two appending and rewriting cells.jsonl would lose cells.
             self._lock = (out / ".lock").open("w")
             try:
