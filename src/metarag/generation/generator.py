@@ -68,6 +68,7 @@ from metarag.generation.likelihood import (  # noqa: F401 (re-exported)
 )
 from metarag.generation.precision import autocast, check_precision, resolve_dtype
 from metarag.generation.prompt import CAUSAL_ANSWER_CUE, Source, causal_prompt
+from metarag.generation.shared_prefix import shared_prefix_cache, supports_shared_prefix
 
 logger = logging.getLogger(__name__)
 
@@ -94,6 +95,9 @@ class Generator(nn.Module):
         max_target_length: Target tokens kept, EOS included.
         adapters: What `metarag.generation.adapters` added ("lora", "soft_prompt");
             empty for a plain model.
+        share_prefix: Greedy batched generation runs the prompt prefix all rows share
+            (in-context demos) once (`metarag.generation.shared_prefix`); False runs
+            every row whole.
     """
 
     def __init__(self, model: Any, tokenizer: Any, *, kind: str, max_source_length: int = 256,
@@ -139,6 +143,7 @@ class Generator(nn.Module):
         # build_model sets it from ModelConfig.precision.
         self.precision = "auto"
         self._keeps_logits = "logits_to_keep" in inspect.signature(model.forward).parameters
+        self.share_prefix = supports_shared_prefix(model)
         self.max_source_length, self.max_target_length = self._fit_lengths(
             max_source_length, max_target_length)
 
@@ -562,13 +567,17 @@ class Generator(nn.Module):
                     raise ValueError(
                         f"prompt ({prompt_len} tokens) + max_new_tokens ({max_new_tokens}) exceeds "
                         f"the model's {limit} positions; lower max_new_tokens or max_source_length")
-                extra = {}
+                extra: dict[str, Any] = {}
                 if no_repeat_ngram:
                     answer_from = 0 if self.is_encoder_decoder else prompt_len
                     extra["logits_processor"] = LogitsProcessorList(
                         [NoRepeatInAnswer(no_repeat_ngram, answer_from)])
                 # Fused attention while no gradient flows; eager again for training.
                 with self._autocast(), inference_attention(self.model):
+                    if self.share_prefix and num_beams == 1:
+                        cache = shared_prefix_cache(self.model, batch["input_ids"],
+                                                    batch["attention_mask"])
+                        extra.update({"cache": cache} if cache is not None else {})
                     out = self.model.generate(**batch, max_new_tokens=max_new_tokens,
                                               num_beams=num_beams, do_sample=False,
                                               pad_token_id=self.pad_id,
