@@ -91,6 +91,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/meta_step.py
 	$(PY) benchmarks/adapt_latency.py
 	$(PY) benchmarks/answer_throughput.py
+	$(PY) benchmarks/shared_prefix.py
 	$(PY) benchmarks/serve_load.py --clients 8 --seconds 20
 
 clean:

@@ -19,7 +19,7 @@ QUESTIONS = [("When was it founded?", "Ely Abbey: It was founded by Etheldreda i
               "its octagon was rebuilt after the crossing tower fell in 1322.")]
 
 
-@pytest.fixture(scope="module", params=["gemma3", "gpt2"])
+@pytest.fixture(scope="module", params=["gemma3", "gpt2", "bert-lm"])
 def gen(request: pytest.FixtureRequest) -> Generator:
     return Generator.tiny(request.param)
 
