@@ -577,7 +577,8 @@ class Generator(nn.Module):
                     if self.share_prefix and num_beams == 1:
                         cache = shared_prefix_cache(self.model, batch["input_ids"],
                                                     batch["attention_mask"])
-                        extra.update({"cache": cache} if cache is not None else {})
+                        if cache is not None:  # (use_cache: a saved config may turn it off)
+                            extra.update(cache=cache, use_cache=True)
                     out = self.model.generate(**batch, max_new_tokens=max_new_tokens,
                                               num_beams=num_beams, do_sample=False,
                                               pad_token_id=self.pad_id,

@@ -40,34 +40,42 @@ def common_prefix_length(input_ids: torch.Tensor, attention_mask: torch.Tensor) 
 
 
 def supports_shared_prefix(model: Any) -> bool:
-    """A decoder-only ``transformers`` model that takes a cache and can skip the logits."""
+    """A decoder-only ``transformers`` model that takes a cache and positions, and can
+    skip the logits (`shared_prefix_cache` checks its cache layers too)."""
     params = inspect.signature(model.forward).parameters
     return (not getattr(model.config, "is_encoder_decoder", False)
-            and "cache" in params and "logits_to_keep" in params)
+            and all(name in params for name in ("cache", "logits_to_keep", "position_ids")))
 
 
 def shared_prefix_cache(model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor, *,
                         min_tokens: int = MIN_SHARED_TOKENS) -> Any | None:
-    """The cache to pass to ``model.generate(input_ids, attention_mask, cache=...)`` (module
-    docstring); None when the rows share fewer than ``min_tokens`` tokens or there is one row.
+    """The cache to pass to ``model.generate(input_ids, attention_mask, cache=...,
+    use_cache=True)`` (module docstring); None when the rows share fewer than
+    ``min_tokens`` tokens, there is one row, or the model's cache is not one of plain
+    and sliding-window key/value layers (linear attention, shared KV, a static cache).
 
     Call it under the same precision and attention settings as ``generate``.
     """
     from transformers import DynamicCache
+    from transformers.cache_utils import DynamicLayer, DynamicSlidingWindowLayer
 
     batch, width = input_ids.shape
-    if batch < 2:
+    if batch < 2 or getattr(model.generation_config, "cache_implementation", None) not in (
+            None, "hybrid"):  # generate refuses a cache beside another implementation
         return None
     slots = min(common_prefix_length(input_ids, attention_mask), width - 1)
     if slots < min_tokens:
+        return None
+    cache = DynamicCache(config=model.config)  # trims sliding-window layers as generate would
+    if not all(type(layer) in (DynamicLayer, DynamicSlidingWindowLayer) for layer in cache.layers):
         return None
     pads = (width - attention_mask.sum(1)).tolist()
     prefix = input_ids[:1, pads[0]:pads[0] + slots]
     # Plain layers keep every slot, sliding-window ones too: the rows need the first tokens.
     computed = DynamicCache()
     with torch.no_grad():
-        model(input_ids=prefix, cache=computed, use_cache=True, logits_to_keep=1)
-    cache = DynamicCache(config=model.config)  # trims sliding-window layers as generate would
+        model(input_ids=prefix, position_ids=torch.arange(slots, device=prefix.device)[None],
+              cache=computed, use_cache=True, logits_to_keep=1)
     for index, layer in enumerate(computed.layers):
         cache.update(_by_row(layer.keys, pads, slots), _by_row(layer.values, pads, slots), index)
     return cache

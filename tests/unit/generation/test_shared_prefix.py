@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from metarag.generation import Generator
+from metarag.generation.hf import inference_attention
 from metarag.generation.prompt import Demo, make_source
 from metarag.generation.shared_prefix import common_prefix_length, shared_prefix_cache
 
@@ -35,21 +36,41 @@ def test_common_prefix_length_of_a_left_padded_batch() -> None:
     assert common_prefix_length(ids[:1], mask[:1]) == 4
 
 
-def test_cached_prefix_gives_the_logits_of_the_whole_prompt(gen: Generator) -> None:
-    """Rows padded differently and prompts longer than Gemma's sliding window (16 here)."""
-    batch = gen.tokenize(_sources())
+LONG = "Ely Cathedral: " + " ".join(["The octagon was rebuilt after the tower fell."] * 12)
+BATCHES = {
+    "padded differently": lambda: _sources(),
+    "padding longer than the shared prefix": lambda: [
+        make_source("Why?", [], DEMOS), make_source("What was rebuilt?", [LONG], DEMOS)],
+    "no padding": lambda: _sources()[:1] * 2,
+}
+
+
+def _generate(gen: Generator, batch: dict, cache) -> tuple[torch.Tensor, torch.Tensor]:
+    extra = {"cache": cache, "use_cache": True} if cache is not None else {}
+    out = gen.model.generate(**batch, max_new_tokens=5, do_sample=False, pad_token_id=gen.pad_id,
+                             output_logits=True, return_dict_in_generate=True, **extra)
+    return out.sequences, torch.stack(out.logits)
+
+
+@pytest.mark.parametrize("layout", list(BATCHES))
+def test_cached_prefix_gives_the_logits_of_the_whole_prompts(gen: Generator, layout: str
+                                                             ) -> None:
+    """Every generated step's logits, with prompts longer than Gemma's sliding window
+    (16 here), under the fused attention `Generator.generate` runs."""
+    batch = gen.tokenize(BATCHES[layout]())
     ids, mask = batch["input_ids"], batch["attention_mask"]
-    assert len(set(mask.sum(1).tolist())) == 3  # three paddings
-    positions = (mask.cumsum(-1) - 1).clamp(min=0)
-    with torch.no_grad():
-        whole = gen.model(input_ids=ids, attention_mask=mask, position_ids=positions).logits
+    pads = ids.shape[1] - mask.sum(1)
+    with inference_attention(gen.model):
         cache = shared_prefix_cache(gen.model, ids, mask)
         assert cache is not None
         slots = cache.get_seq_length()
-        assert slots > 16 and slots == common_prefix_length(ids, mask)
-        rest = gen.model(input_ids=ids[:, slots:], attention_mask=mask,
-                         position_ids=positions[:, slots:], cache=cache).logits
-    torch.testing.assert_close(rest[:, -1], whole[:, -1], atol=1e-5, rtol=1e-5)
+        assert slots > 16 and slots == min(common_prefix_length(ids, mask), ids.shape[1] - 1)
+        if layout == "padding longer than the shared prefix":
+            assert int(pads.max()) > slots
+        fast, fast_logits = _generate(gen, batch, cache)
+        plain, plain_logits = _generate(gen, batch, None)
+    assert torch.equal(fast, plain)
+    torch.testing.assert_close(fast_logits, plain_logits, atol=1e-5, rtol=1e-5)
 
 
 def test_generate_shares_the_prefix_and_answers_the_same(gen: Generator) -> None:
