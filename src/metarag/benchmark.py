@@ -24,7 +24,12 @@ cell): what a user of a meta-learned model runs. Two methods adapt as they are
 asked, with the support set in every prompt (`AdaptConfig.in_context`):
 ``meta_in_context`` (MAML over MetaICL-style episodes: meta-trained with each
 episode's support set in its prompts) and ``metaicl_finetune`` (the MetaICL
-model, adapted so). At 0 shots a method is its
+model, adapted so). ``meta_in_context`` runs ``meta.meta.algorithm`` (FOMAML in the
+configs); `ALGORITHM_VARIANTS` are the same episodes, budget and prompts with another
+meta-algorithm (Reptile, second-order MAML, Meta-SGD), to screen before the best runs
+everywhere; Meta-SGD adapts with its learned per-parameter rates, scaled by each grid
+rate over ``meta.inner.lr`` (the rate it meta-trained with: that grid point uses the
+learned rates as they are). At 0 shots a method is its
 starting point, unadapted: deterministic, so it is scored once (one record, no
 interval), not once per seed. A steps curve (score against adaptation steps at
 ``curve_shots``) comes from snapshots of the same runs.
@@ -66,9 +71,9 @@ from metarag.data.schema import QAExample, Task
 from metarag.errors import MetaRAGError
 from metarag.generation.precision import cpu_name
 from metarag.meta.adapt import AdaptConfig, adapted_names, support_batches, swapped_params
-from metarag.meta.inner import Batch, RAGLoss, inner_loop, rag_loss_fn
+from metarag.meta.inner import Batch, LearningRate, RAGLoss, inner_loop, rag_loss_fn
 from metarag.meta.params import Params, split_params
-from metarag.meta.train import MetaTrainConfig, meta_train
+from metarag.meta.train import MetaTrainConfig, learned_inner_lrs, meta_train
 from metarag.rag.build import BuiltModel, build_model, load_weights
 from metarag.train import OptimConfig, TrainConfig, train
 
@@ -76,13 +81,17 @@ logger = logging.getLogger(__name__)
 
 # A starting point + adaptation: method -> (its starting point, adapts and answers with the
 # support set in its prompts).
+# meta_in_context with another meta-algorithm than ``meta.meta.algorithm``: method -> algorithm.
+ALGORITHM_VARIANTS = {"reptile_in_context": "reptile", "maml_in_context": "maml",
+                      "meta_sgd_in_context": "meta_sgd"}
 _ADAPTED = {"meta": ("meta", False), "meta_in_context": ("meta_in_context", True),
+            **{m: (m, True) for m in ALGORITHM_VARIANTS},
             "metaicl_finetune": ("metaicl", True),
             "multitask_finetune": ("multitask_finetune", False), "finetune": ("finetune", False)}
 DEMOS = "+in_context"  # X+in_context: X's adapted weights, the support set in the prompt
-METHODS = ("meta", "meta+in_context", "meta_in_context", "metaicl", "metaicl_finetune",
-           "multitask_finetune", "multitask_finetune+in_context", "finetune",
-           "finetune+in_context", "in_context", "zero_shot")
+METHODS = ("meta", "meta+in_context", "meta_in_context", *ALGORITHM_VARIANTS, "metaicl",
+           "metaicl_finetune", "multitask_finetune", "multitask_finetune+in_context",
+           "finetune", "finetune+in_context", "in_context", "zero_shot")
 # At 0 shots these are another method's cell (in_context: zero_shot; metaicl_finetune: metaicl).
 _NO_ZERO_SHOT = ("in_context", "metaicl_finetune")
 METRICS = ["rougeL", "f1", "exact_match", "bleu", "meteor", "rouge1", "rouge2", "recall@5"]
@@ -110,7 +119,8 @@ class BenchmarkConfig:
             sets once per inner step, plus query sets) at its own batch size; MetaICL
             training gets the same steps.
         metaicl_demos: Examples of the same task in every MetaICL training prompt.
-        methods: The methods compared on every held-out domain (module docstring).
+        methods: The methods compared on every held-out domain (module docstring); by
+            default all but the `ALGORITHM_VARIANTS`, which are named to be run.
         screen_methods: More methods, scored on the first held-out domain only: the
             screening of meta-learning variants before the best of them runs on every
             domain. The report's claims over all domains never pick them, but count
@@ -132,7 +142,8 @@ class BenchmarkConfig:
     multitask: OptimConfig = field(default_factory=OptimConfig)
     match_budget: bool = True
     metaicl_demos: int = 4
-    methods: list[str] = field(default_factory=lambda: list(METHODS))
+    methods: list[str] = field(default_factory=lambda: [m for m in METHODS
+                                                        if m not in ALGORITHM_VARIANTS])
     screen_methods: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -223,7 +234,7 @@ def _run_domain(config: BenchmarkConfig, target: Task, others: list[Task], cells
             with cells.cell(target.name, "zero_shot", 0, seed) as add:
                 add(_record(target, "zero_shot", 0, 0, seed, None,
                             _score(starts["finetune"], target, config)))
-    losses: dict[str, tuple[Params, RAGLoss]] = {}  # per adapted method, built once
+    losses: dict[str, tuple[Params, RAGLoss, Params]] = {}  # per adapted method, built once
     # Shots by shots, every method: a run stopped early (they span sessions) already
     # holds whole comparisons, the aim's shots (curve_shots) first.
     for shots in shot_order(config):
@@ -422,11 +433,12 @@ def _starting_points(config: BenchmarkConfig, held_out: str, others: list[Task],
     starts = {"finetune": base}
     wanted = {m.split("+")[0] for m in methods_on(config, held_out)}
     runs: dict[str, tuple[Any, Any, int]] = {}
-    for method in ("meta", "meta_in_context"):
+    for method in ("meta", "meta_in_context", *ALGORITHM_VARIANTS):
         if method in wanted:
             meta_cfg = copy.deepcopy(config.meta)
             meta_cfg.out = str(root / method)
-            meta_cfg.inner.in_context = method == "meta_in_context"
+            meta_cfg.inner.in_context = method != "meta"
+            meta_cfg.meta.algorithm = ALGORITHM_VARIANTS.get(method, meta_cfg.meta.algorithm)
             runs[method] = (meta_train, meta_cfg, meta_cfg.meta.steps)
     if "multitask_finetune" in wanted:
         mt_cfg = _multitask_config(config, root / "multitask")
@@ -523,7 +535,7 @@ def _load_start(base: BuiltModel, run: str) -> BuiltModel:
 
 def _evaluate_adapted(config: BenchmarkConfig, method: str, wanted: list[str],
                       start: BuiltModel, task: Task, cells: CellStore, show_progress: bool,
-                      *, shots: int, losses: dict[str, tuple[Params, RAGLoss]],
+                      *, shots: int, losses: dict[str, tuple[Params, RAGLoss, Params]],
                       in_context: bool = False) -> None:
     """The cells of one adapted method (and of ``method+in_context``) at ``shots`` still
     to score.
@@ -532,7 +544,7 @@ def _evaluate_adapted(config: BenchmarkConfig, method: str, wanted: list[str],
     for ``+in_context``, with the support set in the prompt. ``in_context``: the
     method adapts, picks its rate and is scored with the support set in every prompt.
     ``method`` gets the steps curve at ``curve_shots``. ``losses`` keeps each method's
-    initial weights and loss function from one call to the next.
+    initial weights, loss function and learned rates (Meta-SGD) from one call to the next.
     """
     from tqdm.auto import tqdm
 
@@ -548,8 +560,9 @@ def _evaluate_adapted(config: BenchmarkConfig, method: str, wanted: list[str],
         # layers adapt).
         params, frozen = split_params(start.model, names)
         losses[method] = ({k: v.detach() for k, v in params.items()},
-                          rag_loss_fn(start.model, frozen))
-    init, loss_fn = losses[method]
+                          rag_loss_fn(start.model, frozen),
+                          _learned_rates(config, task.name, _ADAPTED[method][0]))
+    init, loss_fn, rates = losses[method]
     for _, seed in tqdm(todo, desc=f"{task.name}: {method}, {shots} shots",
                         disable=not show_progress):
         support = _support(task, shots, seed)
@@ -560,7 +573,8 @@ def _evaluate_adapted(config: BenchmarkConfig, method: str, wanted: list[str],
         curve = config.curve_steps if shots == config.curve_shots and method in wanted else []
         started = time.perf_counter()
         with _in_prompts(start, support, in_context):
-            lr, snapshots = _adapt_with_best_lr(config, init, loss_fn, support, task, curve)
+            lr, snapshots = _adapt_with_best_lr(config, init, loss_fn, support, task, curve,
+                                                rates)
         adapted = snapshots[config.adapt.steps]
         for name in wanted:
             if cells.has(task.name, name, shots, seed):
@@ -615,7 +629,8 @@ def _support(task: Task, shots: int, seed: int) -> list[QAExample]:
 
 
 def _adapt_snapshots(init: Params, loss_fn: RAGLoss, support: list[QAExample], steps: int,
-                     lr: float, batch_size: int | None, keep: list[int]) -> dict[int, Params]:
+                     lr: LearningRate, batch_size: int | None, keep: list[int]
+                     ) -> dict[int, Params]:
     """Adapted parameters after ``steps`` SGD steps from ``init``, and after each step
     count in ``keep``.
 
@@ -632,18 +647,30 @@ def _adapt_snapshots(init: Params, loss_fn: RAGLoss, support: list[QAExample], s
     return out
 
 
+def _learned_rates(config: BenchmarkConfig, held_out: str, start: str) -> Params:
+    """A meta-trained starting point's learned per-parameter rates (Meta-SGD), else none."""
+    if start not in ("meta", "meta_in_context", *ALGORITHM_VARIANTS):
+        return {}
+    return learned_inner_lrs(load_checkpoint(Path(config.out) / _slug(held_out) / start).model)
+
+
 def _adapt_with_best_lr(config: BenchmarkConfig, init: Params, loss_fn: RAGLoss,
-                        support: list[QAExample], task: Task, curve: list[int]
-                        ) -> tuple[float, dict[int, Params]]:
+                        support: list[QAExample], task: Task, curve: list[int],
+                        rates: Params | None = None) -> tuple[float, dict[int, Params]]:
     """Adapt at every grid rate; keep the one whose model has the lowest held-out dev loss
     (through ``loss_fn``, the same value as a plain forward).
 
+    ``rates``: Meta-SGD's learned per-parameter rates, scaled at each grid rate by
+    rate / ``meta.inner.lr`` (the learned rates themselves where the two are equal).
     Returns the rate and its snapshots (see `_adapt_snapshots`).
     """
     dev = Batch.from_examples(task.dev[:config.dev_examples])
     best: tuple[float, float, dict[int, Params]] | None = None
     for lr in config.lr_grid:
-        snapshots = _adapt_snapshots(init, loss_fn, support, config.adapt.steps, lr,
+        step_lr: LearningRate = lr
+        if rates:
+            step_lr = {k: v * (lr / config.meta.inner.lr) for k, v in rates.items()}
+        snapshots = _adapt_snapshots(init, loss_fn, support, config.adapt.steps, step_lr,
                                      config.adapt.batch_size, curve)
         if len(config.lr_grid) == 1:
             return lr, snapshots

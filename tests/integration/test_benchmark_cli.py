@@ -217,3 +217,40 @@ def test_benchmark_writes_results_report_and_plots(tmp_path, tiny_encoder_dir, k
                                  "meta.meta.steps=1"])
     assert result.exit_code != 0  # `metarag` prints the message (cli.main); the runner keeps it
     assert "other settings (meta.steps differ" in str(result.exception)
+
+
+def test_benchmark_screens_other_meta_algorithms(tmp_path, tiny_encoder_dir):
+    """Reptile, second-order MAML and Meta-SGD over in-context episodes: each trained with
+    its algorithm at meta_in_context's budget, scored like it; Meta-SGD keeps its rates."""
+    from metarag.benchmark import ALGORITHM_VARIANTS, BenchmarkConfig, _learned_rates
+    from metarag.config import load_config
+
+    variants = list(ALGORITHM_VARIANTS)
+    config = {
+        "out": str(tmp_path / "bench"), "held_out": ["synthetic/legal"], "shots": [0, 2],
+        "seeds": [0], "lr_grid": [0.01, 0.03], "curve_shots": 2, "curve_steps": [],
+        "test_examples": 2, "dev_examples": 2,
+        "adapt": {"steps": 1, "params": ADAPTED["causal"], "batch_size": 2},
+        "meta": _meta_config(tiny_encoder_dir, tmp_path / "unused", "causal"),
+        "methods": ["in_context"], "screen_methods": variants,
+    }
+    path = tmp_path / "bench.yaml"
+    path.write_text(yaml.safe_dump(config))
+    result = runner.invoke(app, ["benchmark", "--config", str(path)])
+    assert result.exit_code == 0, result.output
+    records = json.loads((tmp_path / "bench" / "results.json").read_text())["records"]
+    assert {(r["method"], r["shots"]) for r in records} == {
+        *((m, s) for m in variants for s in (0, 2)), ("in_context", 2)}
+    root = tmp_path / "bench" / "synthetic_legal"
+    for method, algorithm in ALGORITHM_VARIANTS.items():
+        trained = load_checkpoint(root / method).state
+        assert trained["step"] == 2 and trained["config"]["meta"]["algorithm"] == algorithm
+        assert trained["config"]["inner"]["in_context"] is True
+    loaded = load_config(BenchmarkConfig, path)
+    rates = _learned_rates(loaded, "synthetic/legal", "meta_sgd_in_context")
+    weights = load_checkpoint(root / "meta_sgd_in_context").model  # one rate per weight
+    assert rates and all(weights[k].shape == v.shape for k, v in rates.items())
+    assert _learned_rates(loaded, "synthetic/legal", "reptile_in_context") == {}
+    # The report counts the screened algorithms among the meta-learned candidates.
+    report = (tmp_path / "bench" / "report.md").read_text()
+    assert "meta_sgd_in_context (synthetic/legal)" in report

@@ -55,3 +55,29 @@ def test_screened_methods_run_on_the_first_held_out_domain_only(tmp_path):
         BenchmarkConfig(methods=["zero_shot"], screen_methods=["meta"])
     with pytest.raises(ValueError, match="both methods and screen_methods"):
         BenchmarkConfig(held_out=["a"], methods=["meta"], screen_methods=["meta"])
+
+
+def test_meta_sgd_adapts_with_its_learned_rates_scaled_by_the_grid_rate():
+    """Each grid rate multiplies the learned per-parameter rates by rate / meta.inner.lr."""
+    import torch
+
+    from metarag.benchmark import _adapt_with_best_lr
+    from metarag.data.schema import QAExample, Task
+
+    def loss_fn(params, _batch):  # gradient 1 for every weight
+        return params["w"].sum()
+
+    examples = [QAExample(id=f"q{i}", question=f"q{i}?", answers=("a",)) for i in range(4)]
+    task = Task(name="t", domain="t", language="en", corpus=[], train=examples, dev=examples,
+                test=examples)
+    config = BenchmarkConfig(lr_grid=[0.1, 0.3])
+    config.adapt.steps, config.adapt.batch_size, config.meta.inner.lr = 2, 2, 0.1
+    init = {"w": torch.zeros(2)}
+    rates = {"w": torch.tensor([1.0, 0.0])}
+    lr, snapshots = _adapt_with_best_lr(config, init, loss_fn, examples, task, [1], rates)
+    # The lower dev loss is the larger step: 0.3 / 0.1 = 3x the learned rates, 2 steps.
+    assert lr == 0.3
+    torch.testing.assert_close(snapshots[1]["w"], torch.tensor([-3.0, 0.0]))
+    torch.testing.assert_close(snapshots[2]["w"], torch.tensor([-6.0, 0.0]))
+    _, plain = _adapt_with_best_lr(config, init, loss_fn, examples, task, [])
+    torch.testing.assert_close(plain[2]["w"], torch.tensor([-0.6, -0.6]))  # no rates: the grid's

@@ -88,7 +88,8 @@ def _present_metrics(results: Results) -> list[str]:
 
 #: Methods that meta-learn (from weights or from prompts), and the baselines a user
 #: would pick at the same budget; `Criteria` picks the best of each by default.
-META_METHODS = ("meta", "meta+in_context", "meta_in_context", "metaicl", "metaicl_finetune")
+META_METHODS = ("meta", "meta+in_context", "meta_in_context", "reptile_in_context",
+                "maml_in_context", "meta_sgd_in_context", "metaicl", "metaicl_finetune")
 BASELINES = ("in_context", "finetune", "finetune+in_context", "multitask_finetune",
              "multitask_finetune+in_context")
 
