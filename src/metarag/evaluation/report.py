@@ -118,11 +118,22 @@ class Criteria:
     margin: float = 2.0
 
 
-def _ranked(table: dict[tuple[str, int], Summary], candidates: Sequence[str],
-            shots: int) -> list[str]:
-    """The candidates scored at `shots` in `table`, the highest pooled mean first."""
-    scored = [(table[(m, shots)].pooled.mean, m) for m in candidates if (m, shots) in table]
-    return [m for _, m in sorted(scored, reverse=True)]
+def _ranked(results: Results, metric: str, candidates: Sequence[str], shots: int) -> list[str]:
+    """The candidates scored at `shots`, the highest mean first.
+
+    Means are taken over the (held_out, seed) pairs every candidate has, so that while a
+    grid is being filled a method not yet run on a hard domain does not rank first for
+    it; over each candidate's own pairs when they share none.
+    """
+    cells = {m: summary.scores_by_pair(results, m, shots, metric) for m in candidates
+             if m in summary.methods(results) and shots in summary.shots_of(results, m)}
+    common = set.intersection(*(set(c) for c in cells.values())) if cells else set()
+
+    def mean(method: str) -> float:
+        pairs = common or cells[method].keys()
+        return sum(cells[method][p] for p in pairs) / len(pairs) if pairs else float("-inf")
+
+    return sorted(cells, key=mean, reverse=True)
 
 
 @dataclass(frozen=True)
@@ -153,10 +164,9 @@ def check_claims(results: Results, criteria: Criteria = Criteria()) -> list[Clai
     c = criteria
     metric = summary.primary_metric(results)
     label = metric_label(metric)
-    table = summarize(results, metric)
     screened = results.get("screened", {})
-    metas = _ranked(table, [m for m in META_METHODS if m not in screened], c.shots)
-    baselines = _ranked(table, list(BASELINES), c.shots)
+    metas = _ranked(results, metric, [m for m in META_METHODS if m not in screened], c.shots)
+    baselines = _ranked(results, metric, list(BASELINES), c.shots)
     method = c.method or (metas[0] if metas else summary.methods(results)[0])
     # Picking the best of m methods on the same records, then testing it, is m chances to
     # win: the interval is Bonferroni-widened to 1 - 0.05/m (m = 1: the plain 95%). The

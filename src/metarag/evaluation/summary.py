@@ -221,8 +221,8 @@ def summarize_steps(results: Results, metric: str,
     return out
 
 
-def _cell(results: Results, method: str, shots: int,
-          metric: str) -> dict[tuple[str, int], float]:
+def scores_by_pair(results: Results, method: str, shots: int,
+                   metric: str) -> dict[tuple[str, int], float]:
     """{(held_out, seed): score} of one main-grid (method, shots) cell."""
     check_method(results, method)
     if shots not in shots_of(results, method):
@@ -247,8 +247,8 @@ def paired_difference(results: Results, method_a: str, method_b: str, metric: st
     """
     check_metric(results, metric)
     shots_b = shots_a if shots_b is None else shots_b
-    a = _cell(results, method_a, shots_a, metric)
-    b = _cell(results, method_b, shots_b, metric)
+    a = scores_by_pair(results, method_a, shots_a, metric)
+    b = scores_by_pair(results, method_b, shots_b, metric)
     pairs = sorted(a.keys() & b.keys())
     if not pairs:
         raise ValueError(f"{method_a} at {shots_a} shots and {method_b} at {shots_b} shots "
