@@ -79,11 +79,11 @@ from metarag.train import OptimConfig, TrainConfig, train
 
 logger = logging.getLogger(__name__)
 
-# A starting point + adaptation: method -> (its starting point, adapts and answers with the
-# support set in its prompts).
 # meta_in_context with another meta-algorithm than ``meta.meta.algorithm``: method -> algorithm.
 ALGORITHM_VARIANTS = {"reptile_in_context": "reptile", "maml_in_context": "maml",
                       "meta_sgd_in_context": "meta_sgd"}
+# A starting point + adaptation: method -> (its starting point, adapts and answers with the
+# support set in its prompts).
 _ADAPTED = {"meta": ("meta", False), "meta_in_context": ("meta_in_context", True),
             **{m: (m, True) for m in ALGORITHM_VARIANTS},
             "metaicl_finetune": ("metaicl", True),
