@@ -116,6 +116,22 @@ def llama_cpp_answers(python: Path, gguf: Path, token_ids: list[list[int]], *,
     return json.loads(done.stdout)
 
 
+def time_interleaved(engines: dict, sources: list, repeats: int
+                     ) -> tuple[dict[str, list[float]], dict[str, list[str]]]:
+    """Each engine answers two prompts to warm up, then all of them ``repeats`` times in
+    turn (interleaved, so load drift hits all alike): (seconds per run, last answers)."""
+    for fn in engines.values():
+        fn(sources[:2])
+    times: dict[str, list[float]] = {name: [] for name in engines}
+    answers: dict[str, list[str]] = {}
+    for _ in range(repeats):
+        for name, fn in engines.items():
+            started = time.perf_counter()
+            answers[name] = fn(sources)
+            times[name].append(time.perf_counter() - started)
+    return times, answers
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--questions", type=int, default=24)
@@ -165,15 +181,7 @@ def main() -> None:
         for b in args.batch_sizes:
             engines[f"batched_{b}/{precision}"] = engine(b, precision)
     reference_name = f"one_at_a_time/{args.precisions[0]}"
-    for fn in engines.values():
-        fn(sources[:2])  # warm-up
-    times: dict[str, list[float]] = {name: [] for name in engines}
-    answers: dict[str, list[str]] = {}
-    for _ in range(args.repeats):
-        for name, fn in engines.items():
-            started = time.perf_counter()
-            answers[name] = fn(sources)
-            times[name].append(time.perf_counter() - started)
+    times, answers = time_interleaved(engines, sources, args.repeats)
     llama_version = None
     if llama_python is not None:
         done = llama_cpp_answers(llama_python, default_gguf(), token_ids,

@@ -27,10 +27,8 @@ import argparse
 import json
 import os
 import platform
-import random
 import statistics
 import sys
-import time
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -40,15 +38,14 @@ DATA = Path(os.environ.get("METARAG_SHARED_DATA", REPO_ROOT.parent / "shared" / 
 
 def prompts(n: int, shots: int, seed: int) -> tuple[list, list[list[str]]]:
     """(sources, gold answers): ``n`` agxqa test questions after ``shots`` demos."""
+    from metarag.benchmark import _support
     from metarag.data.loaders import load_task
     from metarag.generation.prompt import Demo, make_source, passage_as_context
     from metarag.retrieval import BM25Index
 
     task = load_task(DATA / "agxqa")
     by_id = task.passage_lookup()
-    # The support set of benchmark cell (agxqa, shots, seed): `metarag.benchmark._support`.
-    pool = sorted(task.train, key=lambda e: e.id)
-    support = random.Random(f"benchmark:{task.name}:{seed}:{shots}").sample(pool, shots)
+    support = _support(task, shots, seed)  # the benchmark cell's (agxqa, shots, seed)
     demos = [Demo(" ".join(e.question.split()), e.answers[0],
                   next((passage_as_context(by_id[g]) for g in e.gold_passage_ids
                         if g in by_id), "")) for e in support]
@@ -75,6 +72,7 @@ def main() -> None:
         sys.exit(f"agxqa not found under {DATA}; set METARAG_SHARED_DATA")
 
     import torch
+    from answer_throughput import time_interleaved  # (this folder: sys.path[0])
 
     from metarag.evaluation.metrics import token_f1_scores
     from metarag.generation import Generator
@@ -98,15 +96,7 @@ def main() -> None:
         return run
 
     engines = {"whole_rows": engine(False), "shared_prefix": engine(True)}
-    for fn in engines.values():
-        fn(sources[:2])  # warm-up
-    times: dict[str, list[float]] = {name: [] for name in engines}
-    answers: dict[str, list[str]] = {}
-    for _ in range(args.repeats):
-        for name, fn in engines.items():
-            started = time.perf_counter()
-            answers[name] = fn(sources)
-            times[name].append(time.perf_counter() - started)
+    times, answers = time_interleaved(engines, sources, args.repeats)
 
     reference = statistics.median(times["whole_rows"])
     rows = {}
